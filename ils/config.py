@@ -1,0 +1,292 @@
+"""Typed configuration: dataclass schemas merged with YAML files and dotlist overrides (omegaconf).
+
+`load_config(path, overrides)` returns a validated `Config`. The embedded default is
+`configs/local.yaml`; `configs/cluster.yaml` is the cluster profile. An unknown key or a value of
+the wrong type raises `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ils.errors import UserError
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass
+class StoreConfig:
+    """Where every job reads and writes: a local folder, file:// or s3:// URI."""
+
+    uri: str = "./ils-data"
+    endpoint: Optional[str] = None  # S3 endpoint override, e.g. http://127.0.0.1:9000
+    region: str = "us-east-1"
+    # Credentials come from these environment variables, else from boto3's default chain.
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: str = "AWS_SESSION_TOKEN"
+
+
+@dataclass
+class RayConfig:
+    """How to reach Ray: None starts a local loopback-only instance."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    object_store_memory_mb: Optional[int] = None
+    namespace: str = "ils"
+    local_state_dir: str = ".ils-ray"  # local mode only: HOME for Ray (loopback settings)
+
+
+@dataclass
+class ImageConfig:
+    """Decoding limits and the working size of images."""
+
+    size: int = 512  # square working size; masks are written at this size
+    max_pixels: int = 50_000_000  # refuse images that declare more pixels than this
+    max_bytes: int = 200_000_000
+
+
+@dataclass
+class SampleConfig:
+    """Synthetic phantom studies."""
+
+    n: int = 60
+    seed: int = 0
+    size: int = 1024
+    normal_fraction: float = 0.3
+    monochrome1_fraction: float = 0.3
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+@dataclass
+class StageConfig:
+    """One pipeline stage: which backend, how many actors, which resources."""
+
+    backend: str = "lite"
+    concurrency: int = 1
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    batch_size: int = 8
+    weights: Optional[str] = None  # checkpoint path or URI for backends with weights
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LLMConfig:
+    """OpenAI-compatible endpoint for report structuring (a report is patient data)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "local"
+    api_key_env: str = "ILS_LLM_API_KEY"
+    allowed_base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1", "http://localhost"])
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    backoff_s: float = 0.5
+    requests_per_second: float = 20.0
+    temperature: float = 0.0
+    max_tokens: int = 768
+    fallback_to_rules: bool = True
+
+
+@dataclass
+class ReportConfig:
+    backend: str = "rules"  # rules | llm
+    concurrency: int = 1
+    num_cpus: float = 0.5
+    batch_size: int = 16
+    llm: LLMConfig = field(default_factory=LLMConfig)
+
+
+@dataclass
+class FuseConfig:
+    """Mask fusion checks c1-c4 (SPEC section 2; thresholds unpublished, chosen here)."""
+
+    min_anatomy_overlap: float = 0.3  # c1: fraction of the box inside the reported anatomy
+    min_confidence: float = 0.25  # c2: detector confidence
+    min_anomaly_fraction: float = 0.3  # c3: fraction of anomaly signal inside the box
+    min_area_frac: float = 0.002  # c4: minimum size, fraction of the image
+    anomaly_threshold: float = 0.5  # threshold on the normalised anomaly map
+    min_component_frac: float = 0.0005  # connected components smaller than this are dropped
+
+
+@dataclass
+class PairConfig:
+    negatives_per_study: int = 6
+    seed: int = 0
+
+
+@dataclass
+class GenConfig:
+    """ilsgen: dataset regeneration on Ray Data."""
+
+    input: Optional[str] = None  # manifest URI; default: <store>/phantoms/manifest.parquet
+    out: str = "gen"  # run folder, relative to the store unless a URI
+    decode: StageConfig = field(default_factory=lambda: StageConfig(backend="pydicom"))
+    report: ReportConfig = field(default_factory=ReportConfig)
+    anatomy: StageConfig = field(default_factory=StageConfig)
+    anomaly: StageConfig = field(default_factory=StageConfig)
+    detect: StageConfig = field(default_factory=StageConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    max_errored_fraction: float = 0.2  # the run fails once more studies than this fail
+    rows_per_shard: int = 256
+
+
+@dataclass
+class ModelConfig:
+    """ROSALIA model shape and weights."""
+
+    size: str = "tiny"  # tiny | 7b
+    checkpoint: Optional[str] = None  # HF-format checkpoint folder or URI
+    llm_path: Optional[str] = None  # optional real LM (e.g. SmolLM2 GGUF) for the tiny model
+    image_size: int = 256  # SAM input side (1024 for 7b)
+    clip_size: int = 64  # CLIP input side (224 for 7b)
+    hidden_size: int = 64
+    num_layers: int = 2
+    presence_head: bool = True  # gate masks with an explicit presence decision
+    dtype: str = "auto"  # auto | float32 | bfloat16
+
+
+@dataclass
+class TrainConfig:
+    """ROSALIA fine-tuning on Ray Train."""
+
+    data: Optional[str] = None
+    out: str = "checkpoints"
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    deepspeed: bool = False  # ZeRO-2 engine where the backend supports it
+    batch_size: int = 16
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    max_minutes: float = 0.0  # 0: no time limit
+    epochs: int = 15
+    grad_clip: float = 1.0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    ce_weight: float = 0.5
+    bce_weight: float = 5.0
+    dice_weight: float = 1.0
+    presence_weight: float = 1.0
+    checkpoint_every: int = 100
+    eval_every: int = 200
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: Optional[str] = None
+    data: Optional[str] = None
+    out: str = "eval"
+    split: str = "test"
+    batch_size: int = 16
+    cleanup_min_component_frac: float = 0.0  # 0 disables connected-component cleanup
+    max_examples: int = 8
+
+
+@dataclass
+class AutoscalingConfig:
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 2.0
+    max_ongoing_requests: int = 8
+    upscale_delay_s: float = 2.0
+    downscale_delay_s: float = 10.0
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    checkpoint: Optional[str] = None
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.02
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    allow_anonymous: bool = False
+    api_keys_file: Optional[str] = None
+    max_upload_bytes: int = 30_000_000
+    max_image_pixels: int = 50_000_000
+    max_instruction_chars: int = 300
+    max_queued_requests: int = 64
+
+
+@dataclass
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    msg = str(exc).splitlines()[0]
+    where = f"key '{key}'" if key else "configuration"
+    return ConfigError(f"{origin}: invalid {where}: {msg}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Merge the schema defaults, a YAML file and `key=value` overrides into a typed Config."""
+    base = OmegaConf.structured(Config)
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        file_cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        merged = OmegaConf.merge(base, file_cfg)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, str(path)) from exc
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, f"override {item!r}") from exc
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, str(path)) from exc
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The config as YAML (for run records and runtime_env shipping)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
+def as_dictconfig(cfg: Config) -> DictConfig:
+    return OmegaConf.structured(cfg)
