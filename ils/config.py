@@ -134,7 +134,7 @@ class GenConfig:
 
     input: Optional[str] = None  # manifest URI; default: <store>/phantoms/manifest.parquet
     out: str = "gen"  # run folder, relative to the store unless a URI
-    decode: StageConfig = field(default_factory=lambda: StageConfig(backend="pydicom"))
+    decode: StageConfig = field(default_factory=lambda: StageConfig(backend="pydicom", num_cpus=0.25))
     report: ReportConfig = field(default_factory=ReportConfig)
     anatomy: StageConfig = field(default_factory=StageConfig)
     anomaly: StageConfig = field(default_factory=StageConfig)
@@ -142,7 +142,9 @@ class GenConfig:
     fuse: FuseConfig = field(default_factory=FuseConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
     max_errored_fraction: float = 0.2  # the run fails once more studies than this fail
-    rows_per_shard: int = 256
+    task_num_cpus: float = 0.25  # CPUs per fuse/write worker
+    fuse_concurrency: int = 1
+    anomaly_fit_studies: int = 48  # report-normal studies that fit the lite anomaly model
 
 
 @dataclass
@@ -157,6 +159,9 @@ class ModelConfig:
     hidden_size: int = 64
     num_layers: int = 2
     presence_head: bool = True  # gate masks with an explicit presence decision
+    presence_threshold: float = 0.5  # mask is empty when p(present) < this
+    mask_size: int = 0  # label/mask side for training and eval; 0: image_size
+    max_new_tokens: int = 24  # answer generation length
     dtype: str = "auto"  # auto | float32 | bfloat16
 
 
@@ -184,9 +189,18 @@ class TrainConfig:
     bce_weight: float = 5.0
     dice_weight: float = 1.0
     presence_weight: float = 1.0
+    freeze_vision: bool = True  # freeze CLIP tower, projector, SAM image/prompt encoders (false for random tiny)
     checkpoint_every: int = 100
     eval_every: int = 200
     seed: int = 0
+    name: str = "rosalia"  # Ray Train run name; the same storage + name resumes a run
+    storage: Optional[str] = None  # Ray Train run storage (URI); default <store.uri>/train-runs
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | bf16 | fp32
+    zero_stage: int = 2  # DeepSpeed ZeRO stage when train.deepspeed
+    num_to_keep: int = 2  # checkpoints kept by validation gIoU (the latest is always kept)
+    max_failures: int = 0  # Ray Train worker-group restarts before the run fails
+    val_max_batches: int = 8  # validation batches per evaluation (0: the whole split)
+    log_every: int = 10
 
 
 @dataclass
@@ -208,6 +222,8 @@ class AutoscalingConfig:
     max_ongoing_requests: int = 8
     upscale_delay_s: float = 2.0
     downscale_delay_s: float = 10.0
+    look_back_period_s: float = 30.0  # window over which ongoing requests are averaged
+    metrics_interval_s: float = 10.0
 
 
 @dataclass
@@ -225,7 +241,14 @@ class ServeConfig:
     max_upload_bytes: int = 30_000_000
     max_image_pixels: int = 50_000_000
     max_instruction_chars: int = 300
-    max_queued_requests: int = 64
+    max_queued_requests: int = 64  # in-flight bound of the ingress; beyond it: 503 + Retry-After
+    retry_after_s: int = 1
+    app_name: str = "ils"
+    route_prefix: str = "/"
+    ingress_num_cpus: float = 0.1
+    segmenter: str = "rosalia.segmenter:Segmenter"  # import path of the batched inference class
+    model_delay_s: float = 0.0  # extra seconds per batch (tests/benchmarks of scaling only)
+    request_timeout_s: float = 120.0
 
 
 @dataclass

@@ -1,0 +1,265 @@
+"""The pipeline's steps as batch callables, shared by the Ray Data pipeline and the plain loop.
+
+A batch is a dict of equal-length numpy arrays (Ray Data's "numpy" batch format). Every step
+adds its columns and passes the others on. A study that fails in a step keeps its row with
+`status="failed"`, the step's name in `stage` and a readable `reason`; later steps skip it, and
+the writer records it. A step never raises for one bad study.
+
+Columns: study manifest columns (ils.schema.STUDY) -> + image, status, stage, reason, timings
+(decode) -> + findings, report_source (report) -> + anatomy (anatomy) -> + anomaly (anomaly) ->
++ boxes (detect) -> fuse: findings/masks/pairs as JSON, mask PNGs written, image arrays dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ils.config import Config
+from ils.schema import STATUS_FAILED, STATUS_OK
+from ils.store import Store
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+#: Columns that hold per-study objects (JSON text) rather than arrays.
+OBJECT_COLUMNS = ("findings", "boxes", "masks", "pairs")
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def batch_len(batch: Batch) -> int:
+    return len(batch["study_id"])
+
+
+def _ok_rows(batch: Batch) -> list[int]:
+    return [i for i, s in enumerate(batch["status"]) if s == STATUS_OK]
+
+
+def _fail(batch: Batch, i: int, stage: str, exc: BaseException) -> None:
+    batch["status"][i] = STATUS_FAILED
+    batch["stage"][i] = stage
+    # the message of our own errors is safe; others are reduced to their type and message
+    batch["reason"][i] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _add_time(batch: Batch, rows: list[int], stage: str, seconds: float) -> None:
+    """Share a batch step's time equally among the rows it processed."""
+    if not rows:
+        return
+    per = seconds / len(rows)
+    for i in rows:
+        t = json.loads(batch["timings"][i])
+        t[stage] = t.get(stage, 0.0) + per
+        batch["timings"][i] = json.dumps(t)
+
+
+class Step:
+    """Base: run `process` on the rows still ok; isolate failures per study."""
+
+    name = "step"
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = _ok_rows(batch)
+        t0 = time.perf_counter()
+        if rows:
+            try:
+                self.process(batch, rows)
+            except Exception as exc:  # a batch-level failure: retry row by row to isolate it
+                log.warning("%s: batch of %d failed (%s); retrying per study", self.name, len(rows), exc)
+                for i in rows:
+                    try:
+                        self.process(batch, [i])
+                    except Exception as row_exc:  # noqa: BLE001 - recorded as the study's status
+                        _fail(batch, i, self.name, row_exc)
+        _add_time(batch, rows, self.name, time.perf_counter() - t0)
+        return batch
+
+    def process(self, batch: Batch, rows: list[int]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class DecodeStep(Step):
+    """image_uri -> image (S, S) float32 in [0, 1]; starts the status columns."""
+
+    name = "decode"
+
+    def __init__(self, cfg: Config):
+        self.store = Store.from_config(cfg.store)
+        self.size = cfg.image.size
+        self.max_pixels = cfg.image.max_pixels
+        self.max_bytes = cfg.image.max_bytes
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = batch_len(batch)
+        batch["status"] = _objects([STATUS_OK] * n)
+        batch["stage"] = _objects([None] * n)
+        batch["reason"] = _objects([None] * n)
+        batch["timings"] = _objects(["{}"] * n)
+        batch["image"] = np.zeros((n, self.size, self.size), np.float32)
+        for i, report in enumerate(batch["report"]):
+            if report is None or not str(report).strip():
+                _fail(batch, i, "report", ValueError("empty report"))
+        return super().__call__(batch)
+
+    def process(self, batch: Batch, rows: list[int]) -> None:
+        from ils.imageio import decode_image, resize_square
+
+        for i in rows:
+            try:
+                data = self.store.read_bytes(batch["image_uri"][i], max_bytes=self.max_bytes)
+                decoded = decode_image(data, name=str(batch["study_id"][i]), max_pixels=self.max_pixels)
+                batch["image"][i] = resize_square(decoded.pixels, self.size)
+            except Exception as exc:  # noqa: BLE001 - becomes the study's status row
+                _fail(batch, i, self.name, exc)
+
+
+class ReportStep(Step):
+    """report text -> findings (JSON list of FINDING rows) and report_source."""
+
+    name = "report"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from ilsgen.report import make_report_backend
+
+            self._backend = make_report_backend(self.cfg.gen.report)
+        return self._backend
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = batch_len(batch)
+        batch.setdefault("findings", _objects(["[]"] * n))
+        batch.setdefault("report_source", _objects([None] * n))
+        return super().__call__(batch)
+
+    def process(self, batch: Batch, rows: list[int]) -> None:
+        for i in rows:
+            findings = self.backend.structure(str(batch["study_id"][i]), str(batch["report"][i]))
+            batch["findings"][i] = json.dumps(findings)
+            sources = sorted({f.get("source") or "rules" for f in findings})
+            batch["report_source"][i] = ",".join(sources) if sources else self.cfg.gen.report.backend
+
+    def counters(self) -> dict[str, int]:
+        return dict(getattr(self.backend, "counters", {}) or {})
+
+
+class _VisionStep(Step):
+    stage = ""
+
+    def __init__(self, cfg: Config, state: Any = None):
+        self.cfg = cfg
+        self.state = state
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from ilsgen.stages.registry import make_backend
+
+            self._backend = make_backend(self.stage, getattr(self.cfg.gen, self.stage), self.cfg.image.size)
+            if self.state is not None and hasattr(self._backend, "set_state"):
+                self._backend.set_state(self.state)
+        return self._backend
+
+
+class AnatomyStep(_VisionStep):
+    name = stage = "anatomy"
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = batch_len(batch)
+        batch["anatomy"] = np.zeros((n, self.cfg.image.size, self.cfg.image.size), np.uint16)
+        return super().__call__(batch)
+
+    def process(self, batch: Batch, rows: list[int]) -> None:
+        maps = self.backend.segment([batch["image"][i] for i in rows])
+        for i, m in zip(rows, maps):
+            batch["anatomy"][i] = m
+
+
+class AnomalyStep(_VisionStep):
+    name = stage = "anomaly"
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = batch_len(batch)
+        batch["anomaly"] = np.zeros((n, self.cfg.image.size, self.cfg.image.size), np.float32)
+        return super().__call__(batch)
+
+    def process(self, batch: Batch, rows: list[int]) -> None:
+        maps = self.backend.anomaly_maps([batch["image"][i] for i in rows], [batch["anatomy"][i] for i in rows])
+        for i, m in zip(rows, maps):
+            batch["anomaly"][i] = m
+
+
+class DetectStep(_VisionStep):
+    name = stage = "detect"
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch["boxes"] = _objects(["[]"] * batch_len(batch))
+        return super().__call__(batch)
+
+    def process(self, batch: Batch, rows: list[int]) -> None:
+        from dataclasses import asdict
+
+        boxes = self.backend.detect([batch["image"][i] for i in rows], [batch["anomaly"][i] for i in rows])
+        for i, bs in zip(rows, boxes):
+            batch["boxes"][i] = json.dumps([asdict(b) for b in bs])
+
+
+class FuseStep(Step):
+    """Fuse masks, verify locations, make pairs, write mask PNGs; drop the image arrays."""
+
+    name = "fuse"
+
+    def __init__(self, cfg: Config, run_uri: str):
+        self.cfg = cfg
+        self.run = Store.from_config(cfg.store, run_uri)
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = batch_len(batch)
+        batch["masks"] = _objects(["[]"] * n)
+        batch["pairs"] = _objects(["[]"] * n)
+        batch = super().__call__(batch)
+        for key in ("image", "anatomy", "anomaly"):
+            batch.pop(key, None)
+        return batch
+
+    def process(self, batch: Batch, rows: list[int]) -> None:
+        from ilsgen.study_outputs import study_outputs
+
+        for i in rows:
+            study = {k: batch[k][i] for k in ("study_id", "subject_id", "dicom_id", "image_uri", "split", "view")}
+            findings = json.loads(batch["findings"][i])
+            boxes = json.loads(batch["boxes"][i])
+            masks, pairs, arrays = study_outputs(
+                self.cfg, study, findings, batch["anatomy"][i], batch["anomaly"][i], boxes
+            )
+            for rel, array in arrays.items():
+                self.run.write_png(rel, array)
+            batch["masks"][i] = json.dumps(masks)
+            batch["pairs"][i] = json.dumps(pairs)
+
+
+def make_steps(cfg: Config, run_uri: str, anomaly_state: Any = None) -> list[tuple[str, Callable[[Batch], Batch]]]:
+    """The steps in order, constructed for a plain loop (Ray builds its own per actor)."""
+    return [
+        ("decode", DecodeStep(cfg)),
+        ("report", ReportStep(cfg)),
+        ("anatomy", AnatomyStep(cfg)),
+        ("anomaly", AnomalyStep(cfg, anomaly_state)),
+        ("detect", DetectStep(cfg)),
+        ("fuse", FuseStep(cfg, run_uri)),
+    ]
