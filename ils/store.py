@@ -107,6 +107,8 @@ class Store:
     # -- paths -------------------------------------------------------------------------------
     def child(self, rel: str) -> "Store":
         """A store rooted at a sub-folder (or at another URI, if `rel` is absolute)."""
+        if "://" in rel or rel.startswith("/"):
+            return Store(rel, self._s3)
         return Store(self.uri(rel), self._s3)
 
     def path(self, rel: str = "") -> str:
@@ -155,7 +157,10 @@ class Store:
             name = posixpath.basename(info.path)
             if info.type != pafs.FileType.File or name.startswith(TMP_PREFIX) or not name.endswith(suffix):
                 continue
-            out.append(self.relative(info.path))
+            # info.path is a file-system path; on S3 it has no scheme and no leading "/", so
+            # relative() would read it as relative to the root: strip the root directly.
+            fs_path = info.path
+            out.append(fs_path[len(self.root) + 1 :] if fs_path.startswith(self.root + "/") else self.relative(fs_path))
         return sorted(out)
 
     # -- bytes -------------------------------------------------------------------------------
@@ -163,7 +168,7 @@ class Store:
         path = self.path(rel)
         try:
             with self.fs.open_input_stream(path) as f:
-                data = f.read(max_bytes + 1 if max_bytes else -1)
+                data = f.read(max_bytes + 1) if max_bytes else f.read()  # read(-1) fails in pyarrow 26
         except (FileNotFoundError, OSError) as exc:
             raise StoreError(f"cannot read {self.uri(rel)}: {exc}") from exc
         if max_bytes is not None and len(data) > max_bytes:
@@ -175,9 +180,15 @@ class Store:
         final = self.path(rel)
         parent = posixpath.dirname(final)
         self.fs.create_dir(parent, recursive=True)
-        if self.is_s3:  # a PUT (or multipart upload) is visible only when complete
+        if self.is_s3:
+            # An upload becomes visible once its stream closes, and closing also happens when
+            # `write` fails (pyarrow cannot abort an upload): so write into memory first, and
+            # upload only a complete file.
+            buf = pa.BufferOutputStream()
+            write(buf)
+            data = buf.getvalue()
             with self.fs.open_output_stream(final) as f:
-                write(f)
+                f.write(data)
             return final
         tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(final)}")
         try:

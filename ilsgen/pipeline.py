@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -67,7 +68,10 @@ class WriteStep:
 
     def __call__(self, batch: dict) -> dict:
         run_layout.write_shards(self.run, run_layout.batch_rows(batch))
-        return {k: batch[k] for k in ("study_id", "status", "stage", "reason")}
+        out = {k: batch[k] for k in ("study_id", "status")}
+        for k in ("stage", "reason"):
+            out[k] = np.array([run_layout.text_or_none(v) or "" for v in batch[k]], dtype=object)
+        return out
 
 
 def _anomaly_state(cfg: Config, run: Store, manifest: pa.Table) -> Any:
@@ -111,9 +115,9 @@ def _actor_opts(stage) -> dict:
     import ray.data
 
     opts: dict = {"compute": ray.data.ActorPoolStrategy(size=max(1, stage.concurrency)), "num_cpus": stage.num_cpus}
-    if stage.num_gpus:
+    if getattr(stage, "num_gpus", 0):
         opts["num_gpus"] = stage.num_gpus
-    if stage.resources:
+    if getattr(stage, "resources", None):
         opts["resources"] = dict(stage.resources)
     return opts
 
@@ -131,8 +135,7 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
     ds = ray.data.from_arrow(blocks)
     common = {"batch_format": "numpy", "batch_size": bs, "zero_copy_batch": False}
     args = {"fn_constructor_args": (cfg,)}
-    ds = ds.map_batches(DecodeStep, **common, **args, num_cpus=gen.decode.num_cpus,
-                        compute=ray.data.ActorPoolStrategy(size=max(1, gen.decode.concurrency)))
+    ds = ds.map_batches(DecodeStep, **common, **args, **_actor_opts(gen.decode))
     ds = ds.map_batches(ReportStep, **common, **args, **_actor_opts(gen.report))
     ds = ds.map_batches(AnatomyStep, **common, **args, **_actor_opts(gen.anatomy))
     ds = ds.map_batches(AnomalyStep, **common, fn_constructor_args=(cfg, anomaly_state), **_actor_opts(gen.anomaly))

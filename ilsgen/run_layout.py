@@ -72,6 +72,14 @@ def write_shards(run: Store, rows: dict[str, list[dict[str, Any]]]) -> str:
     return part
 
 
+def text_or_none(value: Any) -> str | None:
+    """A batch cell as text; None, NaN (how Ray hands back missing strings) and '' become None."""
+    if value is None or (isinstance(value, float) and value != value) or (hasattr(value, "dtype") and value != value):
+        return None
+    text = str(value)
+    return text or None
+
+
 def batch_rows(batch: dict) -> dict[str, list[dict[str, Any]]]:
     """The four tables' rows of one finished pipeline batch (see ilsgen.steps)."""
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
@@ -87,12 +95,12 @@ def batch_rows(batch: dict) -> dict[str, list[dict[str, Any]]]:
             {
                 "study_id": str(study_id),
                 "status": str(batch["status"][i]),
-                "stage": batch["stage"][i],
-                "reason": batch["reason"][i],
+                "stage": text_or_none(batch["stage"][i]),
+                "reason": text_or_none(batch["reason"][i]),
                 "n_findings": len(findings),
                 "n_masks": len(masks),
                 "n_pairs": len(pairs),
-                "report_source": batch["report_source"][i] if "report_source" in batch else None,
+                "report_source": text_or_none(batch["report_source"][i]) if "report_source" in batch else None,
                 "stage_seconds": list(json.loads(batch["timings"][i]).items()),
             }
         )

@@ -1,0 +1,30 @@
+"""`ils train`: fine-tune ROSALIA on Ray Train (DDP or DeepSpeed ZeRO-2), resumable."""
+
+from __future__ import annotations
+
+HELP = "fine-tune ROSALIA on Ray Train from a generated run; resumes a killed run"
+DESCRIPTION = (
+    "Fine-tune ROSALIA on the pairs of a generated run (--data) with Ray Train. Workers, DeepSpeed "
+    "and checkpointing come from the train.* config. Checkpoints go to train.storage (default "
+    "<store>/train-runs/<train.name>); starting the same command again resumes from the latest one. "
+    "The best checkpoint by validation gIoU is exported as an HF-format folder at --out."
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data", help="run URI written by `ils gen` (default: train.data, else <store>/<gen.out>)")
+    parser.add_argument("--out", help="where to write the exported model (default: train.out, relative to the store)")
+
+
+def run(args, cfg) -> int:
+    import json
+
+    from ils.store import Store
+    from rosalia.train import fit
+
+    store = Store.from_config(cfg.store)
+    data = args.data or cfg.train.data or store.uri(cfg.gen.out)
+    out = args.out or cfg.train.out
+    summary = fit(cfg, data, out)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0

@@ -1,0 +1,188 @@
+"""Mask fusion (SPEC section 2, stage 3): findings + anatomy + anomaly + boxes -> lesion masks.
+
+    fuse_study(study_id, findings, bits, anomaly, boxes, cfg: FuseConfig, image_size=None)
+        -> (mask_rows: list[dict] (ils.schema.MASK), arrays: dict[mask_uri, uint8 (S,S) 0/255])
+
+For every present finding (reported present, definite or tentative):
+- cardiomegaly: the mask is the heart mask of the anatomy map.
+- other lesions: region R = union of the reported locations (unreported: the whole lung). A
+  candidate box is kept when it passes
+    c1  box area inside R / box area           >= cfg.min_anatomy_overlap
+    c2  box.score                              >= cfg.min_confidence (and a detector label, when
+                                                  given, names this lesion or an opacity-type one)
+    c3  anomaly mass in box & R / anomaly mass in R where A >= threshold
+                                               >= cfg.min_anomaly_fraction
+    c4  box area / image area                  >= cfg.min_area_frac
+  The mask is the set of pixels with A >= cfg.anomaly_threshold inside the kept boxes and inside
+  the lung(s) of R's side(s); holes are filled and components under cfg.min_component_frac of
+  the image are dropped. A finding with no surviving pixel gets no mask. A mask spanning both
+  lungs is split into one instance per side (`split_sides`; the MIMIC-ILS convention that an
+  instance is one connected lesion, which never crosses the mediastinum); both keep the
+  finding's finding_idx.
+Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the study) and stored at
+`masks/{study}/{mask_id}.png` relative to the run root (`mask_uri`). Grounded locations are
+filled in by `ilsgen.verify.grounded_locations`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ils.config import FuseConfig
+from ils.vocab import LESIONS, region_bit, side_of
+from ilsgen.stages.base import Box
+from ilsgen.verify import expand, grounded_locations, region_of
+
+#: Detector labels compatible with a reported lesion (an opacity-type box may be any of these).
+_OPACITY_LIKE = {"opacity", "pneumonia", "atelectasis", "consolidation", "edema"}
+
+
+class FuseError(ValueError):
+    """Inputs of one study that do not fit together (shapes, unknown lesions)."""
+
+
+def mask_id(study_id: str, lesion: str, idx: int) -> str:
+    return f"s{study_id}_{lesion}_{idx}"
+
+
+def mask_uri(study_id: str, mid: str) -> str:
+    return f"masks/{study_id}/{mid}.png"
+
+
+def _label_ok(label: str | None, lesion: str) -> bool:
+    if label is None or label == lesion:
+        return True
+    return label in _OPACITY_LIKE and lesion in _OPACITY_LIKE | {"opacity"}
+
+
+def lung_of_sides(bits: np.ndarray, locations: Sequence[str]) -> np.ndarray:
+    """The lung(s) on the side(s) of the locations; both lungs when a location has no side."""
+    sides = {side_of(l) for l in locations or ["lung"]}
+    if None in sides:
+        return region_of(bits, ["lung"])
+    return region_of(bits, [f"{s} lung" for s in sides])
+
+
+def keep_boxes(boxes: Sequence[Box], region: np.ndarray, anomaly: np.ndarray, lesion: str, cfg: FuseConfig) -> list[Box]:
+    """The boxes passing c1-c4 for one finding."""
+    h, w = anomaly.shape
+    hot_mass = float(anomaly[region & (anomaly >= cfg.anomaly_threshold)].sum())
+    kept = []
+    for b in boxes:
+        x0, y0 = max(0, int(np.floor(b.x0))), max(0, int(np.floor(b.y0)))
+        x1, y1 = min(w, int(np.ceil(b.x1))), min(h, int(np.ceil(b.y1)))
+        area = (x1 - x0) * (y1 - y0)
+        if area <= 0:
+            continue
+        inside = region[y0:y1, x0:x1]
+        c1 = inside.sum() / area >= cfg.min_anatomy_overlap
+        c2 = b.score >= cfg.min_confidence and _label_ok(b.label, lesion)
+        mass = float(anomaly[y0:y1, x0:x1][inside].sum())
+        c3 = hot_mass > 0 and mass / hot_mass >= cfg.min_anomaly_fraction
+        c4 = area / (h * w) >= cfg.min_area_frac
+        if c1 and c2 and c3 and c4:
+            kept.append(b)
+    return kept
+
+
+def lesion_mask(region_lung: np.ndarray, anomaly: np.ndarray, kept: Sequence[Box], cfg: FuseConfig) -> np.ndarray:
+    """Thresholded anomaly inside the kept boxes and the lung, cleaned."""
+    h, w = anomaly.shape
+    in_boxes = np.zeros((h, w), bool)
+    for b in kept:
+        in_boxes[max(0, int(b.y0)) : min(h, int(np.ceil(b.y1))), max(0, int(b.x0)) : min(w, int(np.ceil(b.x1)))] = True
+    m = (anomaly >= cfg.anomaly_threshold) & in_boxes & region_lung
+    m = ndi.binary_fill_holes(m)
+    lab, n = ndi.label(m)
+    if n:
+        sizes = ndi.sum(m, lab, index=np.arange(1, n + 1))
+        small = np.flatnonzero(sizes < cfg.min_component_frac * h * w) + 1
+        m[np.isin(lab, small)] = False
+    return m
+
+
+def split_sides(mask: np.ndarray, bits: np.ndarray) -> list[np.ndarray]:
+    """One instance per lung side (MIMIC-ILS and the phantom truth: a lesion instance never
+    crosses the mediastinum, so a bilateral finding is two instances, right first)."""
+    b = np.asarray(bits).astype(np.uint16)
+    right = mask & ((b & np.uint16(region_bit("right lung"))) != 0)
+    left = mask & ~right
+    return [p for p in (right, left) if p.any()]
+
+
+def _row(study_id: str, finding: Mapping[str, Any], lesion: str, idx: int, mask: np.ndarray, bits: np.ndarray, score: float) -> dict[str, Any]:
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    mid = mask_id(study_id, lesion, idx)
+    return {
+        "study_id": study_id,
+        "mask_id": mid,
+        "lesion": lesion,
+        "instance_idx": idx,
+        "finding_idx": finding.get("finding_idx"),
+        "mask_uri": mask_uri(study_id, mid),
+        "certainty": finding.get("certainty"),
+        "reported_locations": list(finding.get("locations") or []),
+        "grounded_locations": grounded_locations(mask, bits, lesion=lesion),
+        "area_frac": float(mask.mean()),
+        "n_components": int(ndi.label(mask)[1]),
+        "bbox": [xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h],
+        "score": float(score),
+    }
+
+
+def fuse_study(
+    study_id: str,
+    findings: Sequence[Mapping[str, Any]],
+    bits: np.ndarray,
+    anomaly: np.ndarray,
+    boxes: Sequence[Box],
+    cfg: FuseConfig,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """MASK rows and their 0/255 uint8 arrays (keyed by mask_uri) for one study."""
+    bits = np.asarray(bits)
+    anomaly = np.asarray(anomaly, dtype=np.float32)
+    if bits.shape != anomaly.shape or bits.ndim != 2:
+        raise FuseError(f"anatomy {bits.shape} and anomaly {anomaly.shape} maps must be the same 2-D shape")
+    rows: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    counter: Counter[str] = Counter()
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for f in findings:
+        lesion = f.get("lesion")
+        if lesion not in LESIONS:
+            raise FuseError(f"finding of unknown lesion {lesion!r}")
+        if not f.get("present"):
+            continue
+        locs = [l for l in (f.get("locations") or []) if l != "heart"]
+        key = (lesion, tuple(sorted(expand(locs)))) if lesion != "cardiomegaly" else (lesion, ())
+        if key in seen:  # the same lesion reported twice at the same place: one mask
+            continue
+        seen.add(key)
+        if lesion == "cardiomegaly":
+            mask = (bits.astype(np.uint16) & np.uint16(region_bit("heart"))) != 0
+            score = 1.0
+        else:
+            region = region_of(bits, locs)
+            kept = keep_boxes(boxes, region, anomaly, lesion, cfg)
+            if not kept:
+                continue
+            mask = lesion_mask(lung_of_sides(bits, locs), anomaly, kept, cfg)
+            score = float(np.mean([b.score for b in kept]))
+        parts = [mask] if lesion == "cardiomegaly" else split_sides(mask, bits)
+        for part in parts:
+            if not part.any():
+                continue
+            idx = counter[lesion]
+            counter[lesion] += 1
+            row = _row(study_id, f, lesion, idx, part, bits, score)
+            rows.append(row)
+            arrays[row["mask_uri"]] = part.astype(np.uint8) * 255
+    return rows, arrays
+
+
+__all__ = ["fuse_study", "keep_boxes", "lesion_mask", "mask_id", "mask_uri", "FuseError", "expand"]

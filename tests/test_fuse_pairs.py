@@ -1,0 +1,118 @@
+"""Mask fusion (c1-c4), location verification and pair generation on hand-made maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ils.config import FuseConfig, PairConfig
+from ils.templates import parse_answer
+from ils.vocab import region_bit
+from ilsgen.fuse import FuseError, fuse_study
+from ilsgen.pairs import make_pairs
+from ilsgen.stages.base import Box
+from ilsgen.verify import grounded_locations, lesion_free_locations, locations_agree
+
+S = 128
+ZONE_ROWS = {"apical zone lung": (20, 35), "upper zone lung": (35, 60), "mid zone lung": (60, 85), "lung base": (85, 110)}
+
+
+def anatomy() -> np.ndarray:
+    bits = np.zeros((S, S), np.uint16)
+    for side, (c0, c1) in (("right", (15, 55)), ("left", (73, 113))):
+        for kind, (r0, r1) in ZONE_ROWS.items():
+            bits[r0:r1, c0:c1] |= region_bit(f"{side} {kind}")
+    bits[70:100, 50:80] = region_bit("heart")
+    return bits
+
+
+def finding(idx, lesion, present=True, locs=(), certainty="definite"):
+    return {"study_id": "1", "finding_idx": idx, "lesion": lesion, "present": present,
+            "certainty": certainty if present else None, "locations": list(locs), "sent_idx": idx}
+
+
+def blob(r0, r1, c0, c1, value=0.9):
+    a = np.zeros((S, S), np.float32)
+    a[r0:r1, c0:c1] = value
+    return a
+
+
+def test_verify_grounding_and_agreement():
+    bits = anatomy()
+    m = np.zeros((S, S), bool)
+    m[90:105, 20:40] = True
+    assert grounded_locations(m, bits) == ["right lung base"]
+    m[70:80, 20:40] = True  # spills into the mid zone
+    assert grounded_locations(m, bits) == ["right mid zone lung", "right lung base"]
+    assert locations_agree(["right lung"], ["right lung base"])
+    assert not locations_agree(["right lung base"], ["right mid zone lung", "right lung base"])
+    assert not locations_agree(["right lung base", "left lung base"], ["right lung base"])
+    assert not locations_agree([], ["right lung base"])
+    free = lesion_free_locations(bits, [finding(0, "effusion", locs=["right lung base"])])
+    assert "right lung base" not in free and "right mid zone lung" not in free  # one-zone margin
+    assert "left lung" in free and "right apical zone lung" in free and "lung" not in free
+
+
+def test_fuse_checks_and_cardiomegaly():
+    bits = anatomy()
+    amap = blob(90, 105, 20, 40) + blob(30, 50, 80, 100)  # right base + left upper
+    boxes = [Box(20, 90, 40, 105, 0.9), Box(80, 30, 100, 50, 0.9), Box(20, 90, 22, 92, 0.9), Box(20, 90, 40, 105, 0.1)]
+    findings = [finding(0, "effusion", locs=["right lung base"]), finding(1, "cardiomegaly"),
+                finding(2, "pneumonia", present=False), finding(3, "opacity", locs=["left mid zone lung"])]
+    rows, arrays = fuse_study("1", findings, bits, amap, boxes, FuseConfig(min_area_frac=0.01))
+    by = {r["lesion"]: r for r in rows}
+    assert set(by) == {"effusion", "cardiomegaly"}  # the left upper blob fails c1 for "left mid zone"
+    eff = arrays[by["effusion"]["mask_uri"]]
+    assert eff.dtype == np.uint8 and set(np.unique(eff)) == {0, 255}
+    assert (eff > 0).sum() == 15 * 20 and by["effusion"]["grounded_locations"] == ["right lung base"]
+    assert by["effusion"]["mask_id"] == "s1_effusion_0" and by["effusion"]["mask_uri"] == "masks/1/s1_effusion_0.png"
+    heart = (bits & region_bit("heart")) != 0
+    assert ((arrays[by["cardiomegaly"]["mask_uri"]] > 0) == heart).all()
+    assert by["cardiomegaly"]["grounded_locations"] == ["heart"]
+    # unlocalised finding: whole lung; low-confidence box alone fails c2
+    rows2, _ = fuse_study("1", [finding(0, "opacity")], bits, amap, [Box(20, 90, 40, 105, 0.1)], FuseConfig())
+    assert rows2 == []
+    with pytest.raises(FuseError):
+        fuse_study("1", findings, bits, amap[:10], boxes, FuseConfig())
+
+
+def test_pairs_templates_negatives_and_determinism():
+    bits = anatomy()
+    amap = blob(90, 105, 20, 40)
+    findings = [finding(0, "consolidation", locs=["right lung base"], certainty="tentative"),
+                finding(1, "pneumonia", locs=["right lung base"], certainty="tentative"),
+                finding(2, "effusion", present=False)]
+    rows, arrays = fuse_study("1", findings, bits, amap, [Box(20, 90, 40, 105, 0.9)], FuseConfig())
+    study = {"study_id": "1", "image_uri": "images/1.dcm", "split": "train"}
+    cfg = PairConfig(negatives_per_study=8, seed=3)
+    pairs, new = make_pairs(study, findings, rows, arrays, bits, cfg)
+    pairs2, _ = make_pairs(study, findings, rows, arrays, bits, cfg)
+    assert [p["pair_id"] for p in pairs] == [p["pair_id"] for p in pairs2]
+    assert len({p["pair_id"] for p in pairs}) == len(pairs)
+    pos = [p for p in pairs if p["presence"]]
+    neg = [p for p in pairs if not p["presence"]]
+    assert {p["type"] for p in pos} == {"basic", "global", "lesion_inference"}
+    li = next(p for p in pos if p["type"] == "lesion_inference")
+    assert li["answer"] == "[SEG] It possibly reflects pneumonia." and li["target"] == "opacity"
+    glob = next(p for p in pos if p["type"] == "global" and p["lesion"] == "consolidation")
+    assert glob["answer"] == "[SEG] It is located in the right lung base."
+    assert all(p["seg_mask_path"] in arrays or p["seg_mask_path"] in new for p in pos)
+    assert len(neg) == 8 and all(p["seg_mask_path"] is None and not p["seg"] for p in neg)
+    for p in pairs:  # every pair parses back to its structured fields
+        parsed = parse_answer(p["instruction"], p["answer"])
+        assert parsed.presence == p["presence"] and parsed.type == p["type"]
+    for p in neg:  # never contradicts the present findings
+        assert not (p["type"] == "global" and p["lesion"] in {"consolidation", "pneumonia", "opacity"})
+        assert not set(p["locations"]) & {"right lung base", "right mid zone lung", "right lung", "lung"}
+    other, _ = make_pairs(study, findings, rows, arrays, bits, PairConfig(negatives_per_study=8, seed=4))
+    assert {p["pair_id"] for p in other} != {p["pair_id"] for p in pairs}
+
+
+def test_no_global_pair_when_locations_disagree():
+    bits = anatomy()
+    amap = blob(62, 105, 20, 40)  # mid zone and base, reported only at the base
+    findings = [finding(0, "opacity", locs=["right lung base"])]
+    rows, arrays = fuse_study("1", findings, bits, amap, [Box(20, 62, 40, 105, 0.9)], FuseConfig(min_anatomy_overlap=0.3))
+    assert rows and rows[0]["grounded_locations"] == ["right mid zone lung", "right lung base"]
+    pairs, _ = make_pairs({"study_id": "1", "image_uri": "x"}, findings, rows, arrays, bits, PairConfig(negatives_per_study=0))
+    assert [p["type"] for p in pairs] == ["basic"]

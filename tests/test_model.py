@@ -1,0 +1,160 @@
+"""ROSALIA model: shapes, loss terms, freezing, checkpoints, data plan (tiny, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ils.config import load_config
+from ils.store import Store
+from rosalia.data import EpochPlan, PairDataset, collate_for, encode_texts, synthetic_run
+from rosalia.loss import dice_loss
+from rosalia.model import build_model, load_model, save_checkpoint, trainable_parameters
+from rosalia.model.config import ModelError, build_word_tokenizer, hf_configs, shapes_for
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(None, ["model.image_size=64", "model.clip_size=32", "train.lora_r=4"])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    st = Store(str(tmp_path_factory.mktemp("run")))
+    synthetic_run(st, 6, seed=0, size=64)
+    return st
+
+
+def _batch(model, run):
+    ds = PairDataset.from_run(run, None, 64, 64, cache=False)
+    idx = [int(np.flatnonzero(ds.presence)[0]), int(np.flatnonzero(~ds.presence)[0])]
+    return collate_for(model)([ds[i] for i in idx])
+
+
+def test_forward_losses_and_labels(cfg, run):
+    torch.manual_seed(0)
+    m = build_model(cfg.model, cfg.train)
+    b = _batch(m, run)
+    # labels only on answer tokens: everything up to and including "ASSISTANT :" is -100
+    seg = m.tokenizer.convert_tokens_to_ids("[SEG]")
+    for row_ids, row_lab in zip(b["input_ids"], b["labels"]):
+        first = int((row_ids == seg).nonzero()[0])
+        assert (row_lab[:first] == -100).all() and row_lab[first] == seg
+    out = m(b)
+    assert set(out) >= {"loss", "ce", "bce", "dice", "presence"}
+    assert out["mask_logits"].shape == (2, 64, 64)
+    w = m.loss_weights
+    expect = w["ce"] * out["ce"] + w["bce"] * out["bce"] + w["dice"] * out["dice"] + w["presence"] * out["presence"]
+    assert torch.allclose(out["loss"].detach(), expect, atol=1e-5)
+    out["loss"].backward()
+    assert m.text_hidden_fcs[0].weight.grad is not None and m.presence_head[0].weight.grad is not None
+
+
+def test_dice_only_on_nonempty_and_value():
+    logits = torch.full((2, 8, 8), 10.0)
+    target = torch.zeros(2, 8, 8)
+    target[0] = 1
+    d = dice_loss(logits, target)
+    assert d[0] < 0.01 and d[1] > 0.99  # perfect vs all-wrong
+
+
+def test_freezing_and_lora(cfg):
+    m = build_model(cfg.model, cfg.train)  # freeze_vision defaults to True
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in names)
+    assert not any(n.startswith("llava.model.vision_tower") for n in names)
+    assert not any(n.startswith("sam.vision_encoder") or n.startswith("sam.prompt_encoder") for n in names)
+    assert any(n.startswith("sam.mask_decoder") for n in names)
+    assert any("embed_tokens" in n for n in names) and any("lm_head" in n for n in names)
+    assert not any("q_proj.base_layer" in n for n in names)
+    cfg2 = load_config(None, ["model.image_size=64", "model.clip_size=32", "train.freeze_vision=false"])
+    m2 = build_model(cfg2.model, cfg2.train)
+    assert sum(p.numel() for p in trainable_parameters(m2)) > sum(p.numel() for p in trainable_parameters(m))
+
+
+def test_checkpoint_roundtrip_merges_lora(cfg, run, tmp_path):
+    torch.manual_seed(1)
+    m = build_model(cfg.model, cfg.train)
+    with torch.no_grad():  # make LoRA non-trivial (lora_B starts at zero)
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    m.eval()
+    b = _batch(m, run)
+    with torch.no_grad():
+        ref = m(b)
+    save_checkpoint(m, str(tmp_path / "ck"))
+    m2 = load_model(str(tmp_path / "ck"))
+    assert not any("lora" in n for n, _ in m2.named_parameters())
+    with torch.no_grad():
+        got = m2(b)
+    assert torch.allclose(ref["mask_logits"], got["mask_logits"], atol=1e-4)
+    assert torch.allclose(ref["ce"], got["ce"], atol=1e-5)
+
+
+def test_checkpoint_in_s3(cfg, s3_bucket):
+    from ils.store import S3Options
+
+    endpoint, bucket = s3_bucket
+    store = Store(f"s3://{bucket}/root", S3Options(endpoint=endpoint))
+    m = build_model(cfg.model)
+    uri = save_checkpoint(m, "ck/a", store=store)
+    assert uri.startswith("s3://")
+    m2 = load_model("ck/a", store=store)
+    assert m2.spec == m.spec
+    with pytest.raises(ModelError):
+        load_model("ck/missing", store=store)
+
+
+def test_generation_state_equals_teacher_forced(cfg, run):
+    m = build_model(cfg.model).eval()
+    b = _batch(m, run)
+    instr = [r["instruction"] for r in b["meta"]]
+    enc = encode_texts(m.tokenizer, instr, None, m.llava.config.image_seq_length, left_pad=True, add_seg=True)
+    _, state = m.generate(enc["input_ids"], enc["attention_mask"], b["pixel_values"], 3)
+    with torch.no_grad():
+        _, hid = m.language(b["input_ids"], b["attention_mask"], b["pixel_values"])
+    pos, valid = m.seg_positions(b["input_ids"])
+    assert valid.all()
+    assert torch.allclose(hid[torch.arange(2), pos], state, atol=1e-4)
+
+
+def test_epoch_plan_balanced_deterministic_resumable():
+    presence = [True] * 5 + [False] * 20
+    p = EpochPlan(3, 1, presence)
+    assert len(p) == 10
+    order = p.order.tolist()
+    assert sum(presence[i] for i in order) == 5 and len(set(order)) == 10
+    assert order == EpochPlan(3, 1, presence).order.tolist()
+    assert order != EpochPlan(3, 2, presence).order.tolist()
+    full = [i for b in p.batches(4) for i in b]
+    resumed = [i for b in p.batches(4, start=4) for i in b]
+    assert full == order and resumed == order[4:]
+    for b in p.batches(4, drop_last=True):
+        assert sum(presence[i] for i in b) == 2
+
+
+def test_tiny_param_count_and_7b_shapes():
+    cfg = load_config(None, [])
+    tok = build_word_tokenizer()
+    assert "[SEG]" in tok.get_vocab() and "<image>" in tok.get_vocab()
+    m = build_model(cfg.model)
+    n = sum(p.numel() for p in m.parameters())
+    assert 2e5 < n < 2e6
+    seven = load_config(None, ["model.size=7b"])
+    sh = shapes_for(seven.model, 32005)
+    llava, sam = hf_configs(sh, 32003, 0)
+    assert llava.text_config.hidden_size == 4096 and llava.text_config.num_hidden_layers == 32
+    assert llava.vision_config.hidden_size == 1024 and llava.vision_config.image_size == 224 and llava.vision_config.patch_size == 14
+    assert llava.image_seq_length == 256
+    assert sam.vision_config.hidden_size == 1280 and sam.vision_config.num_hidden_layers == 32
+    assert sam.vision_config.image_size == 1024 and sam.prompt_encoder_config.image_embedding_size == 64
+    assert sam.mask_decoder_config.hidden_size == 256
+    with torch.device("meta"):
+        from transformers import LlavaForConditionalGeneration
+
+        n7 = sum(p.numel() for p in LlavaForConditionalGeneration(llava).parameters())
+    assert 6.5e9 < n7 < 7.5e9
+    with pytest.raises(ModelError):
+        shapes_for(load_config(None, ["model.size=13b"]).model)

@@ -1,0 +1,101 @@
+"""Segmenter (batched inference), metrics and `ils eval` on a tiny SYNTHETIC run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ils.config import load_config
+from ils.store import Store
+from rosalia.data import PairDataset, synthetic_run
+from rosalia.metrics import group_report, inter_union, text_correct
+from rosalia.model import build_model, save_checkpoint
+from rosalia.segmenter import Segmenter, SegmenterError, clean_answer, count_components, remove_small_components
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ev")
+    cfg = load_config(None, ["model.image_size=64", "model.clip_size=32", "model.max_new_tokens=4"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    ck = save_checkpoint(model, str(root / "ck"))
+    run = Store(str(root / "run"))
+    synthetic_run(run, 5, seed=2, size=64)
+    return cfg, model, ck, run, root
+
+
+def test_segmenter_batched_matches_single(setup):
+    cfg, model, ck, run, _ = setup
+    seg = Segmenter(ck, cfg.model, device="cpu", batch_size=4)
+    assert seg.model_id.startswith("rosalia-tiny:")
+    rng = np.random.default_rng(0)
+    images = [rng.random((64, 64)).astype(np.float32), rng.random((80, 48)).astype(np.float32), rng.random((64, 64)).astype(np.float32)]
+    instr = ["Segment the effusion.", "Segment the edema in the left lung.", "Segment the opacity in the lung and predict its type."]
+    many = seg.segment(images, instr)
+    assert [r.mask.shape for r in many] == [(64, 64), (80, 48), (64, 64)]
+    for k in range(3):
+        one = seg.segment([images[k]], [instr[k]])[0]
+        assert one.answer == many[k].answer and abs(one.confidence - many[k].confidence) < 1e-4
+        assert (one.mask == many[k].mask).mean() > 0.99
+        assert one.answer.startswith("[SEG]") and 0 <= one.confidence <= 1
+        assert one.present == (one.confidence >= 0.5) and (one.present or not one.mask.any())
+        assert set(one.timings) >= {"generate_s", "mask_s"}
+    with pytest.raises(SegmenterError):
+        seg.segment([images[0]], [])
+    with pytest.raises(SegmenterError):
+        seg.segment([np.zeros((3, 4, 5))], ["Segment the edema."])
+
+
+def test_random_segmenter_warns(caplog):
+    cfg = load_config(None, ["model.image_size=64", "model.clip_size=32", "model.max_new_tokens=2"])
+    s = Segmenter(None, cfg.model, device="cpu")
+    assert s.model_id.endswith(":random") and "RANDOMLY" in caplog.text
+
+
+def test_cleanup_and_text_helpers():
+    m = np.zeros((50, 50), bool)
+    m[5:25, 5:25] = True
+    m[40, 40] = True
+    assert count_components(m) == 2
+    c = remove_small_components(m, 0.01)
+    assert count_components(c) == 1 and c[10, 10] and not c[40, 40]
+    assert clean_answer("There is no edema in the left lung .") == "[SEG] There is no edema in the left lung."
+    instr = "Segment the edema in the left lung."
+    assert text_correct(instr, "[SEG]", "[SEG]")
+    assert not text_correct(instr, "[SEG] There is no edema in the left lung.", "[SEG]")
+    assert not text_correct(instr, "[SEG] gibberish", "[SEG]")
+    assert inter_union(m, c) == (400, 401)
+
+
+def test_metrics_single_pixel_is_a_miss():
+    recs = []
+    for pres, inter, union, empty in [(True, 5, 10, False), (True, 10, 10, False), (False, 0, 1, False), (False, 0, 0, True)]:
+        recs.append(dict(type="basic", target="edema", presence=pres, presence_pred=pres, text_correct=True,
+                         gated_inter=inter, gated_union=union, gated_empty=empty,
+                         ungated_inter=inter, ungated_union=union, ungated_empty=empty))
+    rep = group_report(recs)["overall"]["gated"]
+    assert rep["gIoU"] == pytest.approx(0.75) and rep["cIoU"] == pytest.approx(15 / 20) and rep["N-Acc"] == 0.5
+
+
+def test_ils_eval_cli(setup, capsys):
+    from ils.cli import main
+
+    cfg, model, ck, run, root = setup
+    out = root / "evout"
+    rc = main(["eval", "--checkpoint", ck, "--data", run.root_uri, "--out", str(out), "--split", "all",
+               "model.image_size=64", "eval.batch_size=8", "model.max_new_tokens=4"])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    ds = PairDataset.from_run(run, None, 64, 64)
+    assert rep["n_samples"] == len(ds)
+    o = rep["overall"]
+    assert o["gated"]["n_pos"] == int(ds.presence.sum()) and o["gated"]["n_neg"] == int((~ds.presence).sum())
+    assert 0 <= o["ungated"]["gIoU"] <= 1 and o["text_accuracy"] is not None
+    assert set(rep["per_lesion"]) <= {"cardiomegaly", "pneumonia", "atelectasis", "opacity", "consolidation", "edema", "effusion"}
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "gIoU" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(root / "nope"), "--data", run.root_uri, "--out", str(out)]) == 2

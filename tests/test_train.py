@@ -1,0 +1,236 @@
+"""ROSALIA training: schedule, data position, exact resume (plain loop and Ray Train), DeepSpeed.
+
+The model and data here are a small TEST DOUBLE (a few linear layers with dropout over
+synthetic features), so the resume logic is tested in seconds; the real ROSALIA components
+go through the same loop (tests/test_train.py::test_rosalia_components_smoke).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rosalia.checkpointing import CheckpointError, load_train_state, save_train_state, trainable_state
+from rosalia.train_loop import LoopConfig, LoopHooks, LoopState, TorchEngine, rank_batches, run_loop, warmup_linear
+
+# -- test double ----------------------------------------------------------------------------
+
+
+class DoubleModel(nn.Module):
+    """forward(batch) -> dict(loss, mask_logits), with a frozen layer and dropout (TEST DOUBLE)."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Linear(8, 16)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 16))
+
+    def forward(self, batch):
+        logits = self.head(self.frozen(batch["x"])).view(-1, 4, 4)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch["masks"])
+        return {"loss": loss, "mask_logits": logits}
+
+
+class DoubleData(torch.utils.data.Dataset):
+    """Synthetic samples: features, a 4x4 mask, presence (TEST DOUBLE)."""
+
+    def __init__(self, n: int = 40, seed: int = 0):
+        g = np.random.default_rng(seed)
+        self.x = torch.tensor(g.normal(size=(n, 8)), dtype=torch.float32)
+        self.masks = (self.x[:, :1, None] + torch.tensor(g.normal(size=(n, 4, 4)), dtype=torch.float32) > 0).float()
+        self.presence = [bool(i % 2) for i in range(n)]
+        self.masks[~torch.tensor(self.presence)] = 0.0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "masks": self.masks[i], "presence": float(self.presence[i])}
+
+
+def double_collate(items):
+    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+
+
+class DoublePlan:
+    """A seeded permutation per epoch (TEST DOUBLE of EpochPlan)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed = n, seed
+
+    def order(self, epoch: int):
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n).tolist()
+
+
+def double_components(cfg, data_uri, rank=0, world=1, with_data=True):
+    from ils.store import Store
+    from rosalia.train import Components
+
+    torch.manual_seed(cfg.train.seed)
+    model = DoubleModel()
+    data = DoubleData(int(data_uri.rsplit("n=", 1)[-1]) if "n=" in data_uri else 40)
+    store = Store.from_config(cfg.store)
+
+    def export(module, uri):
+        import io
+
+        buf = io.BytesIO()
+        torch.save(module.state_dict(), buf)
+        return store.write_bytes(f"{uri}/model.pt", buf.getvalue())
+
+    return Components(model, data, double_collate, DoublePlan(len(data), cfg.train.seed), val_set=data, export=export)
+
+
+def _cfg(*overrides):
+    from ils.config import load_config
+
+    base = ["train.batch_size=4", "train.warmup_steps=2", "train.lr=0.01", "train.log_every=1", "train.eval_every=3", "train.checkpoint_every=3", "train.cpus_per_worker=0.5"]
+    return load_config(None, base + list(overrides))
+
+
+def reference_run(steps: int, per_rank: int, seed: int = 0):
+    """The uninterrupted plain-torch run: (dataset indices per step, final state dict)."""
+    torch.manual_seed(seed)
+    model, data = DoubleModel(), DoubleData()
+    engine = TorchEngine(model, 0.01, 2, steps, 1.0)
+    seen: list[list[int]] = []
+    hooks = LoopHooks(trace=lambda s, idx: seen.append(list(idx)), log=lambda m: None)
+    run_loop(engine, data, double_collate, DoublePlan(len(data), seed), LoopState(), LoopConfig(per_rank, steps, checkpoint_every=1000), hooks)
+    return seen, model.state_dict()
+
+
+# -- unit tests -----------------------------------------------------------------------------
+
+
+def test_warmup_then_linear_decay():
+    f = warmup_linear(4, 10)
+    assert [round(f(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0) and f(7) == pytest.approx(0.5) and f(10) == 0.0
+
+
+def test_rank_batches_partition_each_global_batch():
+    order = list(range(23))
+    r0, r1 = rank_batches(order, 0, 3, 2, 0), rank_batches(order, 0, 3, 2, 1)
+    assert len(r0) == len(r1) == 3  # 23 // 6 global batches, tail of 5 dropped
+    flat = [i for a, b in zip(r0, r1) for i in a + b]
+    assert flat == list(range(18))
+    assert rank_batches(order, 12, 3, 2, 1) == [[15, 16, 17]]
+
+
+def test_optimizer_is_adamw_without_weight_decay():
+    eng = TorchEngine(DoubleModel(), 3e-4, 100, 1000, 1.0)
+    group = eng.optimizer.param_groups[0]
+    assert isinstance(eng.optimizer, torch.optim.AdamW)
+    assert group["betas"] == (0.9, 0.95) and group["weight_decay"] == 0.0
+    assert all(p.requires_grad for p in group["params"]) and len(group["params"]) == 2  # frozen layer left out
+
+
+def test_plain_loop_resume_matches_uninterrupted(tmp_path):
+    steps, k = 13, 5  # 40 samples / batch 4 = 10 steps per epoch: the resume crosses an epoch
+    ref_ids, ref_weights = reference_run(steps, 4)
+
+    def part(start_folder, until):
+        torch.manual_seed(0)
+        model, data = DoubleModel(), DoubleData()
+        engine = TorchEngine(model, 0.01, 2, steps, 1.0)
+        state = load_train_state(start_folder, engine) if start_folder else LoopState()
+        seen: list[list[int]] = []
+        hooks = LoopHooks(trace=lambda s, idx: seen.append(list(idx)), log=lambda m: None)
+        run_loop(engine, data, double_collate, DoublePlan(40), state, LoopConfig(4, until, checkpoint_every=1000), hooks)
+        return seen, engine, state, model
+
+    ids1, eng1, st1, _ = part(None, k)
+    save_train_state(tmp_path / "ck", eng1, st1)
+    assert (st1.step, st1.epoch, st1.position) == (5, 0, 20)
+    # Dropout draws after the checkpoint must be the restored RNG's, not the fresh process's.
+    torch.manual_seed(1234)
+    ids2, eng2, st2, model2 = part(tmp_path / "ck", steps)
+    # The resumed run's schedule uses the same total: rebuild with total=steps above.
+    assert ids1 + ids2 == ref_ids
+    assert st2.step == steps and st2.epoch == 1
+    for name, ref in ref_weights.items():
+        assert torch.allclose(model2.state_dict()[name], ref, atol=1e-6), name
+
+
+def test_checkpoint_refuses_a_different_world_size(tmp_path):
+    eng = TorchEngine(DoubleModel(), 0.01, 0, 10, 1.0)
+    save_train_state(tmp_path, eng, LoopState(step=3), world=2)
+    with pytest.raises(CheckpointError, match="2 workers"):
+        load_train_state(tmp_path, eng, world=1)
+    assert set(trainable_state(eng.module)) == {"head.2.weight", "head.2.bias"}
+
+
+# -- Ray Train ------------------------------------------------------------------------------
+
+
+def _register_double():
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _read_trace(folder: Path, rank: int = 0) -> list[tuple[int, list[int]]]:
+    lines = (folder / f"rank{rank}.jsonl").read_text().splitlines()
+    return [(d["step"], d["idx"]) for d in map(json.loads, lines)]
+
+
+def test_ray_train_killed_run_resumes_exactly(ray_local, s3_bucket, tmp_path, monkeypatch):
+    """A run killed after the checkpoint at step 3 resumes there: no repeated/skipped batches."""
+    from ils.store import Store
+    from rosalia.train import FAIL_ENV, TRACE_ENV, TrainError, fit
+
+    _register_double()
+    endpoint, bucket = s3_bucket
+    steps = 8
+    cfg = _cfg(f"store.uri=s3://{bucket}/run", f"store.endpoint={endpoint}", f"train.max_steps={steps}", "train.name=resume")
+    monkeypatch.setenv(TRACE_ENV, str(tmp_path))
+    monkeypatch.setenv(FAIL_ENV, "3")
+    with pytest.raises(TrainError, match="training failed"):
+        fit(cfg, "synthetic://n=40", None, factory=double_components)
+    first = _read_trace(tmp_path)
+    assert [s for s, _ in first] == [0, 1, 2]
+    monkeypatch.delenv(FAIL_ENV)
+    summary = fit(cfg, "synthetic://n=40", "exported", factory=double_components)
+    steps_seen = [s for s, _ in _read_trace(tmp_path)]
+    assert steps_seen == list(range(steps)), steps_seen  # resumed at 3, none repeated, none skipped
+
+    ref_ids, ref_weights = reference_run(steps, 4)
+    assert [idx for _, idx in _read_trace(tmp_path)] == ref_ids
+    store = Store.from_config(cfg.store)
+    assert store.exists("train-runs/resume")  # Ray Train's run lives in the S3 store
+    assert summary["final_metrics"]["step"] == steps
+    assert 0.0 <= summary["best_metrics"]["val_giou"] <= 1.0
+    import io
+
+    latest = torch.load(io.BytesIO(store.read_bytes(f"train-runs/resume/checkpoint_{steps:08d}/trainable.pt")), weights_only=False)
+    for name in ("head.2.weight", "head.2.bias"):
+        assert torch.allclose(latest[name], ref_weights[name], atol=1e-5), name
+    exported = torch.load(io.BytesIO(store.read_bytes("exported/model.pt")), weights_only=True)
+    best = store.read_bytes(f"train-runs/resume/checkpoint_{summary['best_metrics']['step']:08d}/trainable.pt")
+    best = torch.load(io.BytesIO(best), weights_only=False)
+    assert torch.equal(exported["head.2.weight"], best["head.2.weight"])  # export = best checkpoint
+    assert torch.equal(exported["frozen.weight"], ref_weights["frozen.weight"])
+
+
+# -- benchmarks' code paths -----------------------------------------------------------------
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """bench/gpu_check.py runs end to end with the tiny model on the CPU (the 7b path needs a GPU)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--size", "tiny", "--image-size", "64", "--train-batches", "1", "--seg-batches", "2", "--image-px", "48", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu_check_tiny.json").read_text())
+    assert saved["gpu"].startswith("none") and saved["trainable_parameters"] > 0
+    assert saved["train_step"]["1"]["step_s"] > 0 and np.isfinite(saved["train_step"]["1"]["loss"])
+    assert saved["segmenter"]["2"]["images_per_s"] > 0
+    assert res["size"] == "tiny"
