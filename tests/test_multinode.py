@@ -31,13 +31,30 @@ VENV_BIN = Path(sys.executable).parent
 N_STUDIES = 8
 
 
+# `ray start` for a loopback-only cluster. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the loopback
+# env) every Ray process binds 127.0.0.1, but the CLI refuses to join a second node; with it on,
+# the CLI rewrites --node-ip-address=127.0.0.1 to the machine's external address and the agents
+# listen on all interfaces. So the CLI process alone allows joining and keeps 127.0.0.1; the node's
+# own processes inherit the env (=0) and stay on loopback (the test checks the listening sockets).
+LAUNCHER = """
+import sys
+import ray._private.ray_constants as constants
+import ray._private.services as services
+constants.ENABLE_RAY_CLUSTER = True
+services.resolve_ip_for_localhost = lambda host: host
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+main()
+"""
+
+
 class RayNode:
     """One `ray start --block` process group that this test owns."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log = log.open("wb")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "ray"), "start", "--block", *args],
+            [sys.executable, "-c", LAUNCHER, "start", "--block", *args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.pids: set[int] = set()
@@ -103,9 +120,6 @@ def _node_env(tmp: Path, token: str, s3_endpoint: str) -> dict[str, str]:
     env.update(
         HOME=str(home),
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        # The loopback env sets 0 (local Ray only); a second node needs clusters on. Every
-        # address stays 127.0.0.1 through --node-ip-address and --dashboard-host.
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1",
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=token,
         # As a Kubernetes Secret would: credentials in the node environment, never in files.

@@ -16,11 +16,12 @@ import io
 import sys
 import time
 
-import cloudpickle
+
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from ray import cloudpickle  # Ray pickles with its vendored cloudpickle
 
 from ils.config import load_config
 from rosalia.contract import SegResult
@@ -99,6 +100,16 @@ def test_validation_refuses_unscalable_config():
     with pytest.raises(ServeConfigError, match="min_replicas"):
         validate(load_config(None, ["serve.autoscaling.min_replicas=3", "serve.autoscaling.max_replicas=2"]))
     validate(load_config(None, []))
+
+
+def test_cli_refuses_to_start_without_keys_or_with_unscalable_config(monkeypatch, capsys):
+    from ils.cli import main
+
+    monkeypatch.delenv("ILS_API_KEYS", raising=False)
+    assert main(["serve", "serve.allow_anonymous=false"]) == 2
+    assert "no API key configured" in capsys.readouterr().err
+    assert main(["serve", "serve.autoscaling.target_ongoing_requests=9", "serve.autoscaling.max_ongoing_requests=8"]) == 2
+    assert "never scales up" in capsys.readouterr().err
 
 
 # ---- 2. the main app ----------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class LiteAnatomy:
         self.size = int(image_size)
         self.work = int(opts.get("work_size", 256))
         self.zone_fractions = tuple(float(f) for f in opts.get("zone_fractions", (0.17, 0.42, 0.68)))
-        self.lung_threshold = float(opts.get("lung_threshold", 0.6))
+        self.lung_threshold = float(opts.get("lung_threshold", 0.5))
         self.heart_threshold = float(opts.get("heart_threshold", 0.4))
         if len(self.zone_fractions) != 3 or not 0 < self.zone_fractions[0] < self.zone_fractions[1] < self.zone_fractions[2] < 1:
             raise ValueError("options.zone_fractions must be three increasing fractions in (0, 1)")
@@ -174,7 +174,7 @@ class LiteAnatomy:
         if below.size == 0 or above.size == 0:  # featureless image: threshold nothing
             t = -1.0
         else:
-            t = float(np.median(below)) + self.lung_threshold * (float(np.median(above)) - float(np.median(below)))
+            t = float(np.median(below)) + self.lung_threshold * (float(np.percentile(above, 20)) - float(np.median(below)))
         dark = x < t
         lab, n = ndi.label(dark)
         border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
@@ -191,7 +191,7 @@ class LiteAnatomy:
                 cand = fallback.copy()
             raw.append(cand)
         contrast = max(float(np.median(above)) - float(np.median(below)), 0.05) if below.size and above.size else 0.3
-        heart = self.heart(x, raw[0], raw[1], mid, contrast)
+        heart = self.heart(x, raw[0], raw[1], mid, contrast, dark)
         if heart.sum() < 0.003 * w * w:
             heart = th & ~(raw[0] | raw[1])
         right = self.regularise(raw[0], heart)
@@ -265,7 +265,7 @@ class LiteAnatomy:
             out.append(largest_component(interval_fill(merged, 0)))
         return out[0], out[1]
 
-    def heart(self, x: np.ndarray, right: np.ndarray, left: np.ndarray, mid: int, contrast: float) -> np.ndarray:
+    def heart(self, x: np.ndarray, right: np.ndarray, left: np.ndarray, mid: int, contrast: float, dark: np.ndarray) -> np.ndarray:
         """Heart = the soft-tissue island between the lungs that stands out of its column.
 
         1. Column background: each column's median over the upper chest (rows 15-35% down the
@@ -297,7 +297,7 @@ class LiteAnatomy:
         if (upper & lungs).sum() > 20 and (upper & ~lungs).sum() > 20:
             contrast = max(float(np.median(x[upper & ~lungs])) - float(np.median(x[upper & lungs])), 0.05)
         thr = self.heart_threshold * contrast
-        cand = (r > thr) & ~lungs
+        cand = (r > thr) & ~dark
         cand[: top + int(0.3 * h)] = False
         lo, hi = max(0, mid - int(0.25 * w)), min(w, mid + int(0.25 * w))
         cand[:, :lo] = False
