@@ -112,7 +112,13 @@ class Store:
         return Store(self.uri(rel), self._s3)
 
     def path(self, rel: str = "") -> str:
-        """File-system path of `rel`; a full URI or absolute path is resolved on its own."""
+        """File-system path of `rel`; a full URI or absolute path is resolved on its own.
+
+        `./x` and `../x` name local paths relative to the working directory (as in a shell);
+        other relative paths are relative to the store's root.
+        """
+        if rel.startswith(("./", "../")) or rel in (".", ".."):
+            rel = str(Path(rel).resolve())
         if "://" in rel or rel.startswith("/"):
             fs, p = resolve_uri(rel, self._s3)
             if type(fs) is not type(self.fs):

@@ -10,8 +10,8 @@ union masks that global pairs point at and that do not exist yet; the caller wri
 Positives
 - basic: one per localised mask (grounded locations non-empty and overlapping the reported
   ones, or nothing reported); instruction location = grounded location; answer `[SEG]`.
-- global: one per lesion whose every present finding produced a mask whose grounded and
-  reported locations agree (`ilsgen.verify.locations_agree`; cardiomegaly always agrees);
+- global: one per lesion whose every present finding produced masks whose grounded locations
+  (the union over the finding's instances, e.g. one per side) and reported locations agree (`ilsgen.verify.locations_agree`; cardiomegaly always agrees);
   the target is the union of those masks (its own file when there are several:
   `masks/{study}/s{study}_{lesion}_all.png`).
 - lesion_inference: one per localised pneumonia/atelectasis/edema mask, asked as "opacity",
@@ -110,10 +110,17 @@ def positive_pairs(study, findings, masks, mask_arrays) -> tuple[list[dict], dic
         covered = {m.get("finding_idx") for m in lmasks}
         if any(f.get("finding_idx") not in covered for f in present):
             continue
-        if lesion != "cardiomegaly" and not all(locations_agree(m.get("reported_locations") or [], m["grounded_locations"]) for m in lmasks):
-            continue
         grounded = canonical_locations([l for m in lmasks for l in m["grounded_locations"]])
         reported = canonical_locations([l for m in lmasks for l in (m.get("reported_locations") or [])])
+        # per finding: the union of its instances (one per side) must agree with what it reports
+        by_finding: dict[Any, list[Mapping[str, Any]]] = {}
+        for m in lmasks:
+            by_finding.setdefault(m.get("finding_idx"), []).append(m)
+        if lesion != "cardiomegaly" and not all(
+            locations_agree(ms[0].get("reported_locations") or [], canonical_locations([l for m in ms for l in m["grounded_locations"]]))
+            for ms in by_finding.values()
+        ):
+            continue
         if len(lmasks) == 1:
             path = lmasks[0]["mask_uri"]
         else:

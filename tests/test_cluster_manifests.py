@@ -145,16 +145,16 @@ def check_entrypoint(doc: dict) -> list[str]:
     argv = shlex.split(doc["spec"]["entrypoint"])
     if not argv or argv[0] != "ils":
         return [f"entrypoint must start with `ils`: {argv[:1]}"]
-    try:
-        args = build_parser().parse_intermixed_args(argv[1:])
+    try:  # as ils.cli.main parses
+        args, unknown = build_parser().parse_known_args(argv[1:])
     except SystemExit:
         return [f"`{doc['spec']['entrypoint']}` does not parse as an ils command line"]
     problems = []
     if args.command not in COMMANDS:
         problems.append(f"unknown subcommand {args.command}")
-    overrides, others = split_overrides(getattr(args, "rest", []) or [])
+    overrides, others = split_overrides(list(getattr(args, "rest", []) or []) + unknown)
     if others:
-        problems.append(f"stray positionals {others}")
+        problems.append(f"unknown options or stray positionals {others}")
     config = Path(args.config)
     repo_config = ROOT / "configs" / config.name
     if not repo_config.is_file():
@@ -258,7 +258,7 @@ def check_images_versions(doc: dict) -> list[str]:
 
 
 SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD)", re.I)
-SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key\s*[:=]\s*\S+", re.I)
+SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key\s*[:=]\s*[\"']?[A-Za-z0-9/+]{30,}", re.I)
 
 
 def check_no_credentials(doc: dict, text: str) -> list[str]:
@@ -384,7 +384,8 @@ def test_entrypoint_check_fails_on_broken_copies():
                   "python -m ils gen --config /config/cluster.yaml",
                   "ils gen --config /config/nope.yaml",
                   "ils gen --config /etc/cluster.yaml",
-                  "ils gen --config /config/cluster.yaml gen.nothing=1"):
+                  "ils gen --config /config/cluster.yaml gen.nothing=1",
+                  "ils gen --config /config/cluster.yaml --outt gen"):
         doc["spec"]["entrypoint"] = entry
         assert check_entrypoint(doc), entry
 
@@ -437,6 +438,7 @@ def test_no_credentials_in_files():
     c["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"})
     c.pop("envFrom")
     assert len(check_no_credentials(doc, "AKIAABCDEFGHIJKLMNOP")) == 3
+    assert check_no_credentials(_raycluster(), "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY00")
 
 
 def test_rayservice_matches_serve_config():

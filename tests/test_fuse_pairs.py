@@ -116,3 +116,18 @@ def test_no_global_pair_when_locations_disagree():
     assert rows and rows[0]["grounded_locations"] == ["right mid zone lung", "right lung base"]
     pairs, _ = make_pairs({"study_id": "1", "image_uri": "x"}, findings, rows, arrays, bits, PairConfig(negatives_per_study=0))
     assert [p["type"] for p in pairs] == ["basic"]
+
+
+def test_bilateral_finding_gives_one_instance_per_side():
+    bits = anatomy()
+    amap = blob(90, 105, 20, 40) + blob(90, 105, 80, 100)  # both lung bases
+    boxes = [Box(20, 90, 40, 105, 0.9), Box(80, 90, 100, 105, 0.9)]
+    findings = [finding(0, "effusion", locs=["right lung base", "left lung base"])]
+    rows, arrays = fuse_study("1", findings, bits, amap, boxes, FuseConfig(min_anomaly_fraction=0.2))
+    assert [r["grounded_locations"] for r in rows] == [["right lung base"], ["left lung base"]]
+    assert [r["mask_id"] for r in rows] == ["s1_effusion_0", "s1_effusion_1"] and {r["finding_idx"] for r in rows} == {0}
+    assert not ((arrays[rows[0]["mask_uri"]] > 0) & (arrays[rows[1]["mask_uri"]] > 0)).any()
+    pairs, new = make_pairs({"study_id": "1", "image_uri": "x"}, findings, rows, arrays, bits, PairConfig(negatives_per_study=0))
+    glob = [p for p in pairs if p["type"] == "global"]
+    assert len(glob) == 1 and glob[0]["seg_mask_path"] in new  # the global pair points at the union
+    assert (new[glob[0]["seg_mask_path"]] > 0).sum() == 2 * 15 * 20

@@ -247,7 +247,7 @@ def test_concurrent_clients_get_their_own_answers(service):
     assert max(batch_sizes) > 1, batch_sizes  # @serve.batch grouped concurrent requests
 
     metrics = httpx.get(f"{service.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    assert 'ils_requests_total{status="200"}' in metrics and 'ils_requests_total{status="413"}' in metrics
+    assert 'ils_requests_total{status="200"}' in metrics
     assert "ils_batch_size_bucket" in metrics and "ils_request_latency_seconds_bucket" in metrics
 
 

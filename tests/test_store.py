@@ -147,3 +147,13 @@ def test_s3_and_local_do_not_mix(s3_bucket, tmp_path):
     s3.write_text("k.txt", "v")
     other = Store(str(tmp_path)).child(f"s3://{bucket}/run")  # an absolute URI switches file system
     assert other.is_s3 is True
+
+
+def test_dot_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """`ils sample --out ./phantoms` means ./phantoms in the shell's folder, not in the store."""
+    monkeypatch.chdir(tmp_path)
+    store = Store(str(tmp_path / "store"))
+    store.write_text("./here/a.txt", "x")
+    store.write_text("there/b.txt", "y")
+    assert (tmp_path / "here" / "a.txt").read_text() == "x"
+    assert (tmp_path / "store" / "there" / "b.txt").read_text() == "y"

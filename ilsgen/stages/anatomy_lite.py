@@ -8,8 +8,9 @@ midline.
 
 Method, per image, at a working resolution (`options.work_size`, default 256):
 1. Smooth, stretch to percentiles 1-99; Otsu splits the central field into dark and bright, and
-   the lung threshold lies `options.lung_threshold` (0.6) of the way from the dark median to the
-   bright median; dark components touching the image border (air outside the body) are dropped.
+   the lung threshold lies `options.lung_threshold` (0.5) of the way from the dark median to the
+   20th percentile of the bright class (the chest-wall soft tissue, not the brighter mediastinum
+   and abdomen); dark components touching the image border (air outside the body) are dropped.
 2. Midline = the brightest column band (spine/mediastinum) in the central third.
 3. Each lung = the largest dark component on its side of the midline, holes filled, closed with
    a disc, and made column-convex (each column an interval; the heart kept out), so a dense
@@ -17,8 +18,10 @@ Method, per image, at a working resolution (`options.work_size`, default 256):
 4. Shape prior against lesions that erase part of a lung (effusion at the base, apical or lateral
    consolidation): the other lung, mirrored about the midline, is added where it lies beyond
    this lung's top, bottom or lateral edge (never medially, so the heart is not swallowed).
-5. Heart = the bright island that the lungs and a midline band (as wide as the upper
-   mediastinum) enclose, completed by an axis-aligned ellipse fitted to its lung border.
+5. Heart (see `heart`): residual over each column's upper-chest median (cancels the mediastinum
+   and spine column), above `options.heart_threshold` (0.4) of the soft-tissue/lung contrast and
+   not dark; lower border = a robust quadratic through the heart/abdomen overlap peak under the
+   diaphragm; components around the chest centre joined row by row across the spine.
 6. Zones split each lung by its own vertical extent at fractions `options.zone_fractions`
    (default 0.17, 0.42, 0.68 of lung height, as the phantom truth: apical < 0.17 <= upper
    < 0.42 <= mid < 0.68 <= base).
