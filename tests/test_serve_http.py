@@ -315,3 +315,37 @@ def test_autoscaling_up_and_down(slow_service):
     while time.time() < deadline and _running_replicas() > 1:
         time.sleep(0.5)
     assert _running_replicas() == 1, "replicas did not scale back down when idle"
+
+
+# ---- 4. `ils serve` end to end: ready, answers, Ctrl-C stops it cleanly --------------------------
+def test_ils_serve_cli_runs_until_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from ray import serve
+
+    serve.shutdown()  # this module's Serve instance; the command starts its own Ray and Serve
+    port = free_port()
+    env = dict(os.environ, ILS_API_KEYS="cli-key", ILS_STATE_DIR=str(tmp_path / "state"))
+    log_file = open(tmp_path / "serve.log", "w")  # a file, not a pipe: Ray logs a lot
+    proc = subprocess.Popen([sys.executable, "-m", "ils.cli", "serve", f"serve.port={port}", "serve.allow_anonymous=false",
+                             "ray.local_state_dir=" + str(tmp_path / "ray")], env=env, stdout=log_file,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        from serve.app import wait_ready
+
+        wait_ready(f"http://127.0.0.1:{port}", 240)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/segment", files={"image": ("p.png", png_bytes(np.ones((32, 32))))},
+                       data={"instruction": INSTR}, headers={"Authorization": "Bearer cli-key"}, timeout=120)
+        assert r.status_code == 200 and r.json()["mask_size"] == [32, 32]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+    out = (tmp_path / "serve.log").read_text()
+    assert proc.returncode == 0 and "ils serve: stopped" in out
+

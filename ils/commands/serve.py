@@ -25,7 +25,9 @@ def run(args, cfg) -> int:
     handle = start_service(cfg, port=args.port)
     print(f"ils serve: ready at {handle.url}/ (model: {handle.url}/readyz); Ctrl-C to stop", flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Explicit handlers: Ctrl-C/SIGTERM stop the loop (a shell may have left SIGINT ignored).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         while not stop.wait(1.0):
             pass
