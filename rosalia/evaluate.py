@@ -50,7 +50,8 @@ def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: fl
         for i, it in enumerate(items):
             target = it["mask"].numpy() > 0.5
             raw = preds[i]
-            present = bool(prob[i] >= thr) if model.presence_head is not None else bool(raw.any())
+            gate = model.presence_head is not None and not str(model.spec.get("presence_head")).startswith("untrained")  # converted LISA
+            present = bool(prob[i] >= thr) if gate else bool(raw.any())
             gated = raw if present else np.zeros_like(raw)
             if cleanup_frac > 0:
                 gated = remove_small_components(gated, cleanup_frac)

@@ -124,7 +124,8 @@ class Segmenter:
         for i, arr in enumerate(arrays):
             logits = m.upscale(low[i : i + 1], sizes[i : i + 1].to(dev), arr.shape)[0]
             raw = (logits > 0).cpu().numpy()
-            present = bool(prob[i] >= self.threshold) if m.presence_head is not None else bool(raw.any())
+            gated = m.presence_head is not None and not str(m.spec.get("presence_head")).startswith("untrained")  # converted LISA: ungated
+            present = bool(prob[i] >= self.threshold) if gated else bool(raw.any())
             mask = remove_small_components(raw, self.cleanup) if present else np.zeros_like(raw)
             answer = clean_answer(texts[i])
             try:

@@ -171,6 +171,8 @@ def train_worker(config: dict) -> None:
     from rosalia.checkpointing import load_train_state, save_train_state
 
     cfg = _config_from(config["cfg"])
+    if not cfg.train.use_gpu:  # one intra-op thread per reserved CPU (oversubscription is slow)
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

@@ -84,7 +84,7 @@ def test_key_map_round_trip(lisa):
             assert sam_key_to_hf(sam_key_from_hf(k[4:])) == k[4:]
 
 
-def test_convert_cli_outputs_match(lisa, tmp_path):
+def test_convert_cli_outputs_match(lisa, tmp_path, cfg):
     m, sd, batch, ref, tok = lisa
     torch.save(sd, tmp_path / "lisa.bin")
     out = tmp_path / "ck"
@@ -101,6 +101,17 @@ def test_convert_cli_outputs_match(lisa, tmp_path):
     back = to_lisa_state_dict(conv)
     assert set(back) == set(sd)
     assert all(torch.allclose(back[k].float(), sd[k].float(), atol=1e-5) for k in sd)
+    # serve/eval: the untrained head does not gate (present = mask non-empty, the ungated protocol)
+    from rosalia.segmenter import Segmenter
+
+    seg = Segmenter(model=conv, device="cpu")
+    rng = np.random.default_rng(0)
+    for r in seg.segment([rng.random((40, 48)), rng.random((64, 64))], ["Segment the heart.", "Is there an opacity?"]):
+        assert r.present == bool(r.mask.any())
+    # training the converted model marks its presence head as trained (gating on from then on)
+    from rosalia.model.modeling import apply_training_setup
+
+    assert apply_training_setup(conv, cfg.train).spec["presence_head"] is True
 
 
 def test_sharded_folder_and_separate_clip(lisa, tmp_path, cfg):
@@ -143,3 +154,25 @@ def test_missing_wrong_shape_and_lora_refused(lisa, tmp_path, cfg):
         convert(str(tmp_path / "lora.bin"), str(tmp_path / "o3"), cfg.model, tokenizer=tok)
     assert main(["--log-level", "ERROR", "convert-lisa", str(tmp_path / "lora.bin"), str(tmp_path / "o4")]) == 2
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_s3_source_and_destination(lisa, tmp_path, s3_bucket):
+    import io
+    from pathlib import Path
+
+    from ils.config import StoreConfig
+
+    endpoint, bucket = s3_bucket
+    _, sd, _, _, tok = lisa
+    st = Store.from_config(StoreConfig(uri=f"s3://{bucket}", endpoint=endpoint))
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    st.write_bytes("src/lisa.bin", buf.getvalue())
+    for f in Path(tok).iterdir():
+        st.write_bytes(f"tok/{f.name}", f.read_bytes())
+    args = ["--log-level", "WARNING", "convert-lisa", f"s3://{bucket}/src/lisa.bin", f"s3://{bucket}/ck",
+            "--tokenizer", f"s3://{bucket}/tok", f"store.uri=s3://{bucket}", f"store.endpoint={endpoint}"]
+    assert main(args) == 0
+    assert "ck/rosalia.json" in st.list("ck")
+    conv = load_model(f"s3://{bucket}/ck", store=st)
+    assert torch.equal(conv.text_hidden_fcs[2].weight, sd["model.text_hidden_fcs.0.2.weight"])

@@ -16,7 +16,7 @@ from rosalia.model.config import ModelError, build_word_tokenizer, hf_configs, s
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(None, ["model.image_size=64", "model.clip_size=32", "train.lora_r=4"])
+    return load_config(None, ["model.image_size=64", "model.clip_size=32", "train.lora_r=4", "train.freeze_vision=true"])
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,21 @@ def test_forward_losses_and_labels(cfg, run):
     assert torch.allclose(out["loss"].detach(), expect, atol=1e-5)
     out["loss"].backward()
     assert m.text_hidden_fcs[0].weight.grad is not None and m.presence_head[0].weight.grad is not None
+    assert m._iou_token is None  # not kept after the forward (no graph held)
+
+
+def test_presence_head_reads_the_decoder_iou_token(cfg, run):
+    """The presence decision sees the SAM image through the mask decoder's IoU token."""
+    torch.manual_seed(0)
+    m = build_model(cfg.model, cfg.train)
+    h = m.llava.config.text_config.hidden_size
+    d = m.sam.config.mask_decoder_config.hidden_size
+    assert m.presence_head[0].in_features == h + d + 3
+    b = _batch(m, run)
+    out = m(b)
+    out["presence_logits"].sum().backward()
+    assert m.sam.mask_decoder.iou_token.weight.grad is not None
+    assert float(m.sam.mask_decoder.iou_token.weight.grad.abs().sum()) > 0
 
 
 def test_dice_only_on_nonempty_and_value():
@@ -60,7 +75,7 @@ def test_dice_only_on_nonempty_and_value():
 
 
 def test_freezing_and_lora(cfg):
-    m = build_model(cfg.model, cfg.train)  # freeze_vision defaults to True
+    m = build_model(cfg.model, cfg.train)  # freeze_vision=true (the demo config trains them: tiny is random)
     names = {n for n, p in m.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in names)
     assert not any(n.startswith("llava.model.vision_tower") for n in names)

@@ -190,3 +190,14 @@ def test_cli_sample(tmp_path, capsys):
     assert "wrote 3 synthetic phantom studies" in capsys.readouterr().out
     assert main(["sample", "--n", "0", "--out", str(out)]) == 2
     assert main(["sample", "--n", "2", "--out", str(out), "sample.val_fraction=0.9", "sample.test_fraction=0.5"]) == 2
+
+
+@pytest.mark.parametrize("size", [96, 200, 333])
+def test_sizes_that_are_not_a_power_of_two_render(size):
+    """Regression: the generic resize path once returned a read-only array."""
+    from ils.config import SampleConfig
+    from ils.phantom.sample import generate_study
+
+    study = generate_study(1, 0, SampleConfig(size=size), truth_size=64)
+    assert study.image.shape == (size, size)
+    assert 0.0 <= float(study.image.min()) and float(study.image.max()) <= 1.0

@@ -291,6 +291,7 @@ def test_overload_answers_503_with_retry_after(slow_service):
     assert int(r503.headers["retry-after"]) >= 1 and r503.json()["request_id"]
 
 
+@pytest.mark.slow
 def test_autoscaling_up_and_down(slow_service):
     img = png_bytes(np.ones((16, 16)))
     assert _running_replicas() == 1
@@ -318,6 +319,7 @@ def test_autoscaling_up_and_down(slow_service):
 
 
 # ---- 4. `ils serve` end to end: ready, answers, Ctrl-C stops it cleanly --------------------------
+@pytest.mark.slow
 def test_ils_serve_cli_runs_until_interrupted(tmp_path):
     import os
     import signal
@@ -339,6 +341,9 @@ def test_ils_serve_cli_runs_until_interrupted(tmp_path):
         r = httpx.post(f"http://127.0.0.1:{port}/v1/segment", files={"image": ("p.png", png_bytes(np.ones((32, 32))))},
                        data={"instruction": INSTR}, headers={"Authorization": "Bearer cli-key"}, timeout=120)
         assert r.status_code == 200 and r.json()["mask_size"] == [32, 32]
+        deadline = time.time() + 60  # the command prints "ready" once its handlers are installed
+        while "ils serve: ready" not in (tmp_path / "serve.log").read_text() and time.time() < deadline:
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=90)
     finally:

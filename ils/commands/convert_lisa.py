@@ -14,6 +14,8 @@ TAKES_POSITIONALS = True
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("rest", nargs="*", metavar="SRC DST [KEY=VALUE]",
+                        help="source checkpoint (file or folder, path or s3://), destination folder, config overrides")
     parser.add_argument("--size", choices=["auto", "tiny", "7b"], default="auto",
                         help="model size (default: auto, 7b when the LLM hidden size is 4096)")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: SRC when it holds one; tiny: the word tokenizer)")

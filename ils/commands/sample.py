@@ -8,7 +8,7 @@ HELP = "write N synthetic phantom chest X-ray studies (manifest, DICOMs, reports
 def add_arguments(parser) -> None:
     parser.add_argument("--n", type=int, default=None, help="number of studies (default: sample.n)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: sample.seed)")
-    parser.add_argument("--out", default=None, help="output folder or URI (default: sample.out or <store>/phantoms)")
+    parser.add_argument("--out", default=None, help="output folder (relative to the store) or URI (default: sample.out or <store>/phantoms)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: sample.size)")
     parser.add_argument("--workers", type=int, default=None, help="process pool size (default: sample.workers)")
 
@@ -34,7 +34,11 @@ def run(args, cfg) -> int:
         raise UserError("sample.val_fraction + sample.test_fraction must not exceed 1")
     base = Store.from_config(cfg.store)
     out = args.out or s.out
-    store = Store.from_config(cfg.store, out) if out else base.child("phantoms")
+    # Like every other path: relative to the store unless a URI, an absolute or a ./ path.
+    if out and out.startswith(("./", "../")):
+        store = Store.from_config(cfg.store, out)
+    else:
+        store = base.child(out or "phantoms")
     summary = write_phantoms(store, s.n, s.seed, cfg, workers=workers)
     print("\n".join(summary.lines()))
     return 0

@@ -22,19 +22,34 @@ def run(args, cfg) -> int:
     from serve.app import start_service
 
     log = logging.getLogger("ils.serve")
-    handle = start_service(cfg, port=args.port)
-    print(f"ils serve: ready at {handle.url}/ (model: {handle.url}/readyz); Ctrl-C to stop", flush=True)
     stop = threading.Event()
-    # Explicit handlers: Ctrl-C/SIGTERM stop the loop (a shell may have left SIGINT ignored).
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def on_signal(*_):
+        stop.set()
+
+    def install() -> None:
+        # Ctrl-C/SIGTERM stop the loop (a shell may leave SIGINT ignored; ray.init replaces SIGTERM's)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
+    install()
+    handle = None
     try:
-        while not stop.wait(1.0):
+        handle = start_service(cfg, port=args.port)
+        install()
+        print(f"ils serve: ready at {handle.url}/ (model: {handle.url}/readyz); Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         log.info("stopping the service")
-        handle.stop(shutdown_ray=True)
+        if handle is not None:
+            handle.stop(shutdown_ray=True)
+        else:
+            import ray
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
     print("ils serve: stopped", flush=True)
     return 0

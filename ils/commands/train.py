@@ -23,7 +23,8 @@ def run(args, cfg) -> int:
     from rosalia.train import fit
 
     store = Store.from_config(cfg.store)
-    data = args.data or cfg.train.data or store.uri(cfg.gen.out)
+    # Resolved here, on the driver: a relative path means the store, not a worker's folder.
+    data = store.uri(args.data or cfg.train.data or cfg.gen.out)
     out = args.out or cfg.train.out
     summary = fit(cfg, data, out)
     print(json.dumps(summary, indent=1, default=str))

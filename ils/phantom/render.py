@@ -103,7 +103,7 @@ def upsample(img: np.ndarray, size: int) -> np.ndarray:
         return img
     if size == 2 * img.shape[0]:
         return np.ascontiguousarray(_up2(_up2(img, 0), 1))
-    return np.asarray(Image.fromarray(img, mode="F").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.array(Image.fromarray(img, mode="F").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)  # writable copy
 
 
 def expose(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -135,15 +135,16 @@ def template(w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class LiteAnatomy:
-    """Lungs, heart and zones by thresholding, morphology and a mirrored-lung shape prior."""
+    """Lungs, heart and zones: thresholding at measured tissue levels, then a smooth shape model."""
 
     def __init__(self, cfg: Any = None, image_size: int = 512) -> None:
         opts = dict(getattr(cfg, "options", None) or {})
         self.size = int(image_size)
-        self.work = int(opts.get("work_size", 256))
+        self.work = int(opts.get("work_size", 128))
         self.zone_fractions = tuple(float(f) for f in opts.get("zone_fractions", (0.17, 0.42, 0.68)))
-        self.lung_threshold = float(opts.get("lung_threshold", 0.5))
+        self.lung_threshold = float(opts.get("lung_threshold", 0.65))
         self.heart_threshold = float(opts.get("heart_threshold", 0.4))
+        self.shape_model = bool(opts.get("shape_model", True))
         if len(self.zone_fractions) != 3 or not 0 < self.zone_fractions[0] < self.zone_fractions[1] < self.zone_fractions[2] < 1:
             raise ValueError("options.zone_fractions must be three increasing fractions in (0, 1)")
 
@@ -153,54 +154,85 @@ class LiteAnatomy:
 
     def segment_one(self, image: np.ndarray) -> np.ndarray:
         """uint16 bit map (S, S) of one image."""
-        right, left, heart = self.lungs_and_heart(image)
-        w = self.work
-        bits = np.zeros((w, w), np.uint16)
+        right, left, heart = self.masks(image, self.size)
+        bits = np.zeros((self.size, self.size), np.uint16)
         bits[heart] |= region_bit("heart")
         for side, lung in (("right", right), ("left", left)):
             for kind, zone in zip(ZONE_KINDS, self.split_zones(lung)):
                 bits[zone] |= region_bit(zone_name(side, kind))
-        return self._upsample_bits(bits)
+        return bits
 
     # -- steps --------------------------------------------------------------------------------
     def lungs_and_heart(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(right lung, left lung, heart) boolean masks at the working size."""
+        return self.masks(image, self.work)
+
+    def masks(self, image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(right lung, left lung, heart) boolean masks rasterised at `size`."""
         w = self.work
         x = resize(check_image(image), w)
         x = ndi.gaussian_filter(x, sigma=max(0.5, w / 170))
         lo, hi = np.percentile(x, [1, 99])
         x = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
-        m = int(0.08 * w)
-        central = x[m:-m, m:-m].ravel()
-        t0 = otsu(central)
-        below, above = central[central < t0], central[central >= t0]
-        if below.size == 0 or above.size == 0:  # featureless image: threshold nothing
+        mid = self.midline(x)
+        lung_lv, wall_lv = self.levels(x, mid)
+        if wall_lv - lung_lv < 0.08:  # no lung/chest-wall contrast: not a chest radiograph
             t = -1.0
         else:
-            t = float(np.median(below)) + self.lung_threshold * (float(np.percentile(above, 20)) - float(np.median(below)))
+            t = lung_lv + self.lung_threshold * (wall_lv - lung_lv)
         dark = x < t
         lab, n = ndi.label(dark)
         border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
         inner = dark & ~np.isin(lab, border[border > 0])
         inner = ndi.binary_opening(inner, structure=disk(max(1, w // 100)))
-        mid = self.midline(x)
         tr, tl, th = template(w)
         cols = np.arange(w)[None, :]
-        raw = []
+        obs, used_template = [], False
         for side_mask, fallback in ((cols < mid, tr), (cols >= mid, tl)):
             cand = self.side_components(inner & side_mask)
             if cand.sum() < 0.01 * w * w:
                 log.debug("anatomy lite: no plausible lung on one side; using the template")
-                cand = fallback.copy()
-            raw.append(cand)
-        contrast = max(float(np.median(above)) - float(np.median(below)), 0.05) if below.size and above.size else 0.3
-        heart = self.heart(x, raw[0], raw[1], mid, contrast, dark)
+                cand, used_template = fallback.copy(), True
+            obs.append(self.regularise(cand, np.zeros_like(cand)))
+        contrast = max(wall_lv - lung_lv, 0.05)
+        dia = self.diaphragm(obs[0], obs[1], mid)
+        heart = self.heart(x, obs[0], obs[1], mid, contrast, dark, dia)
         if heart.sum() < 0.003 * w * w:
-            heart = th & ~(raw[0] | raw[1])
-        right = self.regularise(raw[0], heart)
-        left = self.regularise(raw[1], heart)
-        right, left = self.mirror_prior(right, left, mid)
-        return right & ~heart, left & ~heart, heart
+            heart = th & ~(obs[0] | obs[1])
+        models = [None, None]
+        if self.shape_model and not used_template and dia is not None:
+            models = [self.lung_model(o, s, mid, dia) for o, s in ((obs[0], -1), (obs[1], +1))]
+        # rasterise at `size` (coordinates in working-size pixels)
+        c = (np.arange(size, dtype=np.float32) + 0.5) * (w / size) - 0.5
+        heart_s = upsample_mask(heart, size)
+        out = []
+        for o, mdl in zip(obs, models):
+            if mdl is None:
+                lung = upsample_mask(self.regularise(o, heart) if not used_template else o, size)
+            else:
+                lung = self.draw_model(mdl, c, mid, dia)
+            out.append(lung & ~heart_s)
+        if models[0] is None or models[1] is None:
+            out = list(self.mirror_prior(out[0], out[1], int(round((mid + 0.5) * size / w - 0.5))))
+            out = [m & ~heart_s for m in out]
+        return out[0], out[1], heart_s
+
+    def levels(self, x: np.ndarray, mid: int) -> tuple[float, float]:
+        """(aerated lung, chest wall) intensities from rows 30-60% down: on each side the row's
+        brightest pixel lateral of the heart (the chest wall) and the darkest between it and the
+        mediastinum (the lung); medians over rows and sides."""
+        w = x.shape[0]
+        band = x[int(0.3 * w) : int(0.6 * w)]
+        walls, lungs = [], []
+        for b, m in ((band, mid), (band[:, ::-1], w - 1 - mid)):
+            reach = max(2, m - int(0.2 * w))
+            outer = b[:, :reach]
+            cw = outer.argmax(axis=1)
+            walls.append(outer.max(axis=1))
+            inner = b[:, : max(reach + 1, m - int(0.06 * w))]
+            j = np.arange(inner.shape[1])[None, :]
+            lungs.append(np.where(j >= cw[:, None], inner, np.inf).min(axis=1))
+        return float(np.median(np.concatenate(lungs))), float(np.median(np.concatenate(walls)))
 
     def side_components(self, dark: np.ndarray) -> np.ndarray:
         """The largest dark component plus sizeable pieces above or below it (cut off by ribs or
@@ -227,15 +259,141 @@ class LiteAnatomy:
         return a + int(np.argmax(prof))
 
     def regularise(self, lung: np.ndarray, heart: np.ndarray) -> np.ndarray:
-        """Fill holes, close, and make rows and columns intervals, keeping the heart out."""
+        """Fill holes, close, and make columns intervals, keeping the heart out."""
         w = lung.shape[0]
         lung = ndi.binary_fill_holes(lung | heart) & ~heart
         pad = w // 10
         padded = np.pad(lung | heart, pad)
-        padded = ndi.binary_closing(padded, structure=disk(w // 30))
+        padded = ndi.binary_closing(padded, structure=disk(max(1, w // 30)))
         lung = padded[pad:-pad, pad:-pad] & ~heart
         lung = interval_fill(lung | heart, axis=0) & ~heart
-        return largest_component(lung)
+        return largest_component(lung) if lung.any() else lung
+
+    def diaphragm(self, right: np.ndarray, left: np.ndarray, mid: int) -> np.ndarray | None:
+        """Per-column Y of the diaphragm (working size), or None.
+
+        The lowest lung pixel of every lung column, u = |column - midline| / w, fitted jointly
+        for both sides by y = a_side + b u + c u^2 + d u^3 with asymmetric trimming: points well
+        above the curve (columns whose lung ends on the heart, or on fluid at the base) are
+        dropped and the fit repeated, so the curve follows the dome where lung meets abdomen.
+        Between the lungs (under the heart) the curve is interpolated linearly between the two
+        innermost columns that kept a point."""
+        w = right.shape[0]
+        us, ys, ss = [], [], []
+        for s, lung in enumerate((right, left)):
+            cols = np.flatnonzero(lung.any(axis=0))
+            if cols.size < 5:
+                return None
+            bot = lung.shape[0] - 1 - lung[::-1, cols].argmax(axis=0)
+            us.append(np.abs(cols - mid) / w)
+            ys.append(bot.astype(float))
+            ss.append(np.full(cols.size, s))
+        u, y, s = np.concatenate(us), np.concatenate(ys), np.concatenate(ss)
+        A = np.stack([s == 0, s == 1, u, u * u, u ** 3], axis=1).astype(float)
+        keep = np.ones(u.size, bool)
+        tol = max(1.5, 0.015 * w)
+        coef = None
+        for _ in range(6):
+            if keep[s == 0].sum() < 3 or keep[s == 1].sum() < 3:
+                break
+            coef, *_ = np.linalg.lstsq(A[keep], y[keep], rcond=None)
+            res = y - A @ coef
+            new = res >= -tol
+            if (new == keep).all():
+                break
+            keep = new
+        if coef is None:
+            return None
+        cols = np.arange(w)
+        uu = np.abs(cols - mid) / w
+        dia = np.where(cols < mid, coef[0], coef[1]) + coef[2] * uu + coef[3] * uu ** 2 + coef[4] * uu ** 3
+        # under the heart: linear between the innermost kept columns of the two sides
+        cr = np.concatenate(us)[(s == 0) & keep]
+        cl = np.concatenate(us)[(s == 1) & keep]
+        if cr.size and cl.size:
+            xr, xl = mid - cr.min() * w, mid + cl.min() * w
+            if xl - xr > 2:
+                yr = coef[0] + coef[2] * cr.min() + coef[3] * cr.min() ** 2 + coef[4] * cr.min() ** 3
+                yl = coef[1] + coef[2] * cl.min() + coef[3] * cl.min() ** 2 + coef[4] * cl.min() ** 3
+                between = (cols > xr) & (cols < xl)
+                dia[between] = yr + (cols[between] - xr) * (yl - yr) / (xl - xr)
+        return dia
+
+    def lung_model(self, obs: np.ndarray, sign: int, mid: int, dia: np.ndarray) -> tuple | None:
+        """Ellipse of the lateral and apical outline and the mediastinal line of one lung.
+
+        Outline points: the lateral-most pixel of each row (upper 85% of the lung) and the top
+        pixel of each column. An axis-aligned ellipse is fitted by least squares and refitted
+        without the points that lie well inside it (where a lesion or fluid ate into the dark
+        field). The mediastinal line x = a + b y is fitted to the medial-most pixel of the rows
+        15-50% down the lung (above the heart), dropping points lateral of it. None when the fit
+        is implausible."""
+        w = obs.shape[0]
+        rows = np.flatnonzero(obs.any(axis=1))
+        cols = np.flatnonzero(obs.any(axis=0))
+        if rows.size < 10 or cols.size < 8:
+            return None
+        top, bottom = rows[0], rows[-1]
+        h = bottom - top
+        r_fit = rows[rows <= top + 0.85 * h]
+        sub = obs[r_fit]
+        if sign < 0:
+            lat = sub.argmax(axis=1)
+            med_all = obs.shape[1] - 1 - obs[:, ::-1].argmax(axis=1)
+        else:
+            lat = obs.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+            med_all = obs.argmax(axis=1)
+        topy = obs[:, cols].argmax(axis=0)
+        px = np.concatenate([lat, cols]).astype(float) + 0.5
+        py = np.concatenate([r_fit, topy]).astype(float) + 0.5
+        keep = np.ones(px.size, bool)
+        ell = None
+        for _ in range(5):
+            e = fit_ellipse(px[keep] - mid, py[keep])
+            if e is None:
+                break
+            ell = e
+            cx, cy, ax, ay = e
+            rho = np.sqrt(((px - mid - cx) / ax) ** 2 + ((py - cy) / ay) ** 2)
+            new = rho >= 1 - max(1.5, 0.012 * w) / max(ax, ay)
+            if new.sum() < 0.5 * px.size or (new == keep).all():
+                break
+            keep = new
+        if ell is None:
+            return None
+        cx, cy, ax, ay = ell
+        if not (0.05 * w < ax < 0.4 * w and 0.15 * w < ay < 0.6 * w) or sign * cx <= 0:
+            return None
+        mr = np.flatnonzero((rows >= top + 0.15 * h) & (rows <= top + 0.5 * h))
+        ry = rows[mr].astype(float)
+        rx = med_all[rows[mr]].astype(float) + (1.0 if sign < 0 else 0.0)
+        if ry.size < 4:
+            return None
+        keep = np.ones(ry.size, bool)
+        line = (0.0, float(np.median(rx)))
+        for _ in range(4):
+            line = tuple(np.polyfit(ry[keep], rx[keep], 1)) if keep.sum() >= 4 else line
+            res = sign * (rx - np.polyval(line, ry))  # > 0: lateral of the line
+            new = res <= 1.5
+            if new.sum() < 4 or (new == keep).all():
+                break
+            keep = new
+        if abs(line[0]) > 0.3:  # a mediastinal edge is near vertical
+            line = (0.0, float(np.median(rx[keep])))
+        return (cx + mid, cy, ax, ay, line[0], line[1], sign)
+
+    def draw_model(self, mdl: tuple, c: np.ndarray, mid: int, dia: np.ndarray) -> np.ndarray:
+        """Rasterise one lung model at the coordinates `c` (working-size pixels of the grid)."""
+        cx, cy, ax, ay, b, a, sign = mdl
+        xs, ys = c[None, :], c[:, None]
+        inside = ((xs + 0.5 - cx) / ax) ** 2 + ((ys + 0.5 - cy) / ay) ** 2 <= 1.0
+        d = np.interp(c, np.arange(dia.size), dia)
+        inside &= ys <= d[None, :] + 0.5
+        edge = a + b * (ys + 0.5)
+        inside &= (xs + 0.5 <= edge) if sign < 0 else (xs + 0.5 >= edge)
+        inside &= (xs < mid + 0.5) if sign < 0 else (xs >= mid + 0.5)
+        return inside
+
     def mirror_prior(self, right: np.ndarray, left: np.ndarray, mid: int) -> tuple[np.ndarray, np.ndarray]:
         """Add the mirrored other lung beyond each lung's top, bottom or lateral edge."""
         w = right.shape[1]
@@ -249,37 +407,32 @@ class LiteAnatomy:
             if not lung.any() or not mir.any():
                 out.append(lung)
                 continue
-            ys, xs = np.nonzero(lung)
-            # lateral coordinate: distance from the midline on this lung's side
             lat = sign * (np.arange(w) - mid)
             extra = np.zeros_like(lung)
-            rows = np.flatnonzero(mir.any(axis=1))
-            for y in rows:
+            for y in np.flatnonzero(mir.any(axis=1)):
                 row_l = np.flatnonzero(lung[y])
                 row_m = np.flatnonzero(mir[y])
                 if row_l.size == 0:
-                    extra[y, row_m] = True  # above or below this lung: take the mirror row
+                    extra[y, row_m] = True
                     continue
-                medial_l = lat[row_l].min()
-                lateral_l = lat[row_l].max()
-                keep = row_m[(lat[row_m] > lateral_l) | (lat[row_m] >= medial_l)]
+                keep = row_m[(lat[row_m] > lat[row_l].max()) | (lat[row_m] >= lat[row_l].min())]
                 extra[y, keep] = True
             merged = lung | (extra & (sign * (np.arange(w)[None, :] - mid) > 0))
             out.append(largest_component(interval_fill(merged, 0)))
         return out[0], out[1]
 
-    def heart(self, x: np.ndarray, right: np.ndarray, left: np.ndarray, mid: int, contrast: float, dark: np.ndarray) -> np.ndarray:
+    def heart(self, x: np.ndarray, right: np.ndarray, left: np.ndarray, mid: int, contrast: float, dark: np.ndarray,
+              dia: np.ndarray | None = None) -> np.ndarray:
         """Heart = the soft-tissue island between the lungs that stands out of its column.
 
         1. Column background: each column's median over the upper chest (rows 15-35% down the
            lungs, above any heart), so the mediastinum and spine column cancel out; the residual
-           r = x - background is ~0 there, a heart adds soft-tissue density (r > 0.45 of the
-           lung/soft-tissue contrast).
-        2. The heart's lower border: where the heart overlaps the abdomen under the diaphragm the
-           column profile peaks (heart + abdomen); a robust quadratic through those peaks (outside
-           the spine band) is the lower border, extrapolated under the spine.
-        3. Heart = the component of r above threshold, above that border, nearest the centre of
-           the chest; holes filled, opened so that lesions touching it are cut off.
+           r = x - background is ~0 there, a heart adds soft-tissue density (r above
+           `heart_threshold` of the lung/soft-tissue contrast).
+        2. The heart's lower border is the diaphragm curve (`diaphragm`, interpolated under the
+           heart) plus 1.5% of the image: heart and abdomen are equally dense, so no edge shows.
+        3. Heart = the components of r above threshold and above that border around the chest
+           centre, joined row by row across the spine, holes filled.
         """
         w = x.shape[0]
         lungs = right | left
@@ -291,57 +444,19 @@ class LiteAnatomy:
         r0, r1 = top + int(0.15 * h), top + int(0.35 * h)
         bg = np.median(x[r0 : r1 + 1], axis=0)
         r = x - bg[None, :]
-        # contrast: non-lung soft tissue versus lung in the same upper rows
-        upper = np.zeros_like(lungs)
-        upper[r0 : r1 + 1] = True
-        lcols = np.flatnonzero(lungs.any(axis=0))
-        upper[:, : max(0, lcols[0] - w // 20)] = False
-        upper[:, lcols[-1] + w // 20 :] = False
-        if (upper & lungs).sum() > 20 and (upper & ~lungs).sum() > 20:
-            contrast = max(float(np.median(x[upper & ~lungs])) - float(np.median(x[upper & lungs])), 0.05)
         thr = self.heart_threshold * contrast
         cand = (r > thr) & ~dark
         cand[: top + int(0.3 * h)] = False
         lo, hi = max(0, mid - int(0.25 * w)), min(w, mid + int(0.25 * w))
         cand[:, :lo] = False
         cand[:, hi:] = False
-        # lower border from the heart/abdomen overlap peak
-        spine = int(0.05 * w)
         ys_all = np.arange(w)
-        px, py = [], []
-        start = top + int(0.5 * h)
-        for c in range(lo, hi):
-            if abs(c - mid) <= spine:
-                continue
-            col = ndi.uniform_filter1d(x[:, c], 3)
-            seg = col[start : min(w, bottom + int(0.25 * h))]
-            if seg.size < 5:
-                continue
-            k = int(np.argmax(seg))
-            y = start + k
-            below = col[min(w - 1, y + int(0.06 * w))]
-            above = col[max(0, y - int(0.06 * w))]
-            if col[y] - below > 0.35 * contrast and col[y] - above > 0.2 * contrast and cand[max(0, y - int(0.04 * w)), c]:
-                px.append(c)
-                py.append(y)
-        band = None
-        if len(px) >= 6:
-            px_a, py_a = np.asarray(px, float), np.asarray(py, float)
-            keep = np.ones(px_a.size, bool)
-            for _ in range(3):
-                deg = 2 if keep.sum() >= 10 else 1
-                coef = np.polyfit(px_a[keep], py_a[keep], deg)
-                res = py_a - np.polyval(coef, px_a)
-                keep = np.abs(res) <= max(2.0, 2.5 * float(np.median(np.abs(res[keep]))) + 1)
-            band = np.polyval(coef, np.arange(w))
-        if band is None:  # fall back to the lungs' lowest rows
-            band = np.full(w, float(bottom))
+        band = (dia + 0.015 * w) if dia is not None else np.full(w, float(bottom))
         cand &= ys_all[:, None] <= band[None, :]
         cand = ndi.binary_opening(cand, structure=disk(max(1, w // 40)))
         lab, n = ndi.label(cand)
         if n == 0:
             return np.zeros_like(lungs)
-        # components around the chest centre (the spine column may split the heart in two)
         cy = float(np.median(band[lo:hi])) - 0.12 * h
         heart = np.zeros_like(lungs)
         for i, sl in enumerate(ndi.find_objects(lab), start=1):
@@ -355,8 +470,7 @@ class LiteAnatomy:
             return heart
         heart = interval_fill(heart, axis=1)  # bridge the spine column row by row
         heart = ndi.binary_fill_holes(heart) & (ys_all[:, None] <= band[None, :])
-        heart = largest_component(heart)
-        return heart
+        return largest_component(heart)
 
     def split_zones(self, lung: np.ndarray) -> list[np.ndarray]:
         """Four boolean zones (apical, upper, mid, base) of one lung by its vertical extent."""
@@ -368,11 +482,15 @@ class LiteAnatomy:
         y = np.arange(lung.shape[0])[:, None]
         return [lung & (y >= cuts[i]) & (y < cuts[i + 1]) for i in range(4)]
 
-    def _upsample_bits(self, bits: np.ndarray) -> np.ndarray:
-        if self.work == self.size:
-            return bits
-        idx = (np.arange(self.size) * self.work // self.size).astype(np.intp)
-        return bits[np.ix_(idx, idx)]
+
+def upsample_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of a boolean mask, thresholded at 0.5 (smooth edges, no blocks)."""
+    if mask.shape == (size, size):
+        return mask.astype(bool)
+    from PIL import Image
+
+    img = Image.fromarray(mask.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img) >= 0.5
 
 
 def region_mask(bits: np.ndarray, region: str) -> np.ndarray:

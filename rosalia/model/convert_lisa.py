@@ -376,8 +376,6 @@ def convert(
     vision_tower: str | None = None, dtype: str = "keep", store=None,
 ) -> dict[str, Any]:
     """Convert the LISA checkpoint at `src` into a rosalia checkpoint folder `dst`; a summary dict."""
-    from rosalia.model.checkpoint import HEADS_FILE, SPEC_FILE
-
     src_path, tmp = local_copy(src, store)
     try:
         sd = _strip_wrappers(read_state_dict(src_path))
@@ -399,6 +397,7 @@ def convert(
                 raise ModelError(f"{vision_tower}: no CLIP vision weights (vision_model.*) that the source lacks")
         cfg = _infer_model_cfg(sd, model_cfg, size)
         tok, seg_added = _tokenizer(tokenizer, src_path, cfg.size, store)
+        dst = dst.removeprefix("file://")
         summary = _write(sd, Path(dst) if "://" not in dst else None, dst, cfg, tok, dtype, store, src)
         summary["seg_token_added"] = seg_added
         if seg_added:

@@ -3,8 +3,10 @@
 The last-layer hidden state at the position just before `[SEG]` goes through
 Linear(h,h)-ReLU-Linear(h,d_sam) and enters the SAM mask decoder as one sparse prompt token
 (dense prompt: `no_mask_embed`, `multimask_output=False`). A presence head (issue 4 item 6)
-reads the same state plus statistics of the mask logits and decides whether the finding is
-present; at inference it gates the mask.
+decides whether the finding is present; at inference it gates the mask. It reads the same
+[SEG] state, the mask decoder's IoU-token output (the decoder's summary of the image
+conditioned on the prompt, so it sees the SAM image embedding and not only the small CLIP
+view the LLM gets) and three statistics of the mask logits.
 """
 
 from __future__ import annotations
@@ -40,12 +42,18 @@ class RosaliaModel(nn.Module):
         d = sam.config.mask_decoder_config.hidden_size
         self.text_hidden_fcs = nn.Sequential(nn.Linear(h, h), nn.ReLU(inplace=True), nn.Linear(h, d), nn.Dropout(0.0))
         self.presence_head = (
-            nn.Sequential(nn.Linear(h + N_MASK_STATS, h), nn.ReLU(inplace=True), nn.Linear(h, 1))
+            nn.Sequential(nn.Linear(h + d + N_MASK_STATS, h), nn.ReLU(inplace=True), nn.Linear(h, 1))
             if spec.get("presence_head", True) else None
         )
+        # The IoU-token output of the last mask-decoder call (input of iou_prediction_head).
+        self._iou_token: torch.Tensor | None = None
+        sam.mask_decoder.iou_prediction_head.register_forward_pre_hook(self._keep_iou_token)
         self.seg_token_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.loss_weights = dict(ce=0.5, bce=5.0, dice=1.0, presence=1.0)
+
+    def _keep_iou_token(self, _module: nn.Module, args: tuple) -> None:
+        self._iou_token = args[0]
 
     # -- pieces --------------------------------------------------------------------------------
     @property
@@ -76,7 +84,10 @@ class RosaliaModel(nn.Module):
         return self.sam.vision_encoder(sam_pixel_values)[0]
 
     def decode_masks(self, seg_state: torch.Tensor, image_embeddings: torch.Tensor):
-        """Low-res mask logits (B, h4, w4), IoU prediction (B,), prompt embedding (B, d)."""
+        """Low-res mask logits (B, h4, w4), IoU prediction (B,), prompt embedding (B, d).
+
+        Also keeps the decoder's IoU-token output (B, d) in `self._iou_token` for the presence head.
+        """
         b = seg_state.shape[0]
         prompt = self.text_hidden_fcs(seg_state)
         dtype = image_embeddings.dtype
@@ -90,13 +101,25 @@ class RosaliaModel(nn.Module):
         )
         return low[:, 0, 0], iou[:, 0, 0], prompt
 
-    def presence_logits(self, seg_state: torch.Tensor, low: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
-        """Presence logit per sample (B,); +inf-like constant when there is no presence head."""
+    def presence_logits(self, seg_state: torch.Tensor, low: torch.Tensor, iou: torch.Tensor,
+                        iou_token: torch.Tensor | None = None) -> torch.Tensor:
+        """Presence logit per sample (B,); +inf-like constant when there is no presence head.
+
+        `iou_token`: the mask decoder's IoU-token output of the same call (default: the one kept
+        by the last `decode_masks`).
+        """
         if self.presence_head is None:
             return torch.full((seg_state.shape[0],), 20.0, device=seg_state.device)
+        tok = self._iou_token if iou_token is None else iou_token
+        self._iou_token = None  # do not hold on to the graph
+        if tok is None or tok.shape[0] != seg_state.shape[0]:
+            raise ModelError("presence_logits needs the IoU token of a decode_masks call on the same batch")
+        tok = tok.reshape(seg_state.shape[0], -1)
         flat = low.flatten(1).float()
         stats = torch.stack([torch.tanh(flat.amax(1) / 4), torch.sigmoid(flat).mean(1), iou.float()], dim=1)
-        return self.presence_head(torch.cat([seg_state.float(), stats], dim=1).to(seg_state.dtype)).squeeze(1).float()
+        x = torch.cat([seg_state.float(), tok.float(), stats], dim=1)
+        dtype = self.presence_head[0].weight.dtype
+        return self.presence_head(x.to(dtype)).squeeze(1).float()
 
     def upscale(self, low: torch.Tensor, sizes: torch.Tensor | None, out_size: int | tuple[int, int]) -> torch.Tensor:
         """Low-res logits -> SAM input size -> crop the resized region -> `out_size` (B, H, W)."""
@@ -208,6 +231,7 @@ def apply_training_setup(model: RosaliaModel, train_cfg: "TrainConfig | None") -
     trainable = [model.llava.lm_head, lm.embed_tokens, model.sam.mask_decoder, model.text_hidden_fcs]
     if model.presence_head is not None:
         trainable.append(model.presence_head)
+        model.spec["presence_head"] = True  # trained from here on (a converted LISA checkpoint had "untrained, open")
     if not getattr(train_cfg, "freeze_vision", True):
         trainable += [model.llava.model.vision_tower, model.llava.model.multi_modal_projector,
                       model.sam.vision_encoder, model.sam.prompt_encoder, model.sam.shared_image_embedding]

@@ -1,0 +1,204 @@
+"""Does the tiny ROSALIA learn? `ils train` + `ils eval` on regenerated phantom studies (issue 4 item 6).
+
+Steps (each command is recorded in the JSON):
+1. `ils train --data RUN --out CKPT store.uri=STORE [overrides]` with the demo config: its
+   output is kept and parsed into a learning curve (training loss and samples/s per logged step).
+2. `ils eval` on the `test` split of the ilsgen run: targets are ilsgen's masks and pairs.
+3. A TRUTH run: the test-split phantom studies turned into pairs by `ilsgen.pairs.make_pairs`
+   from the phantoms' ground truth (truth/findings.parquet, truth/masks.parquet + PNGs,
+   truth/anatomy bit maps), written as a run folder; then `ils eval` on it. These are the
+   numbers "against phantom ground truth".
+Writes bench/results/learning.json and bench/results/learning.png.
+
+    python bench/learning_curve.py --store /tmp/learn --phantoms phantoms [--train-log LOG --skip-train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+log = logging.getLogger("bench.learning_curve")
+_METRICS = re.compile(r"(\{'step': \d+.*?\})")
+
+
+def build_truth_run(phantoms_uri: str, out_uri: str, split: str = "test", seed: int = 0) -> int:
+    """Write a run folder of PAIR rows built from the phantom ground truth of one split; returns #pairs."""
+    import numpy as np
+
+    from ils.config import PairConfig
+    from ils.schema import PAIR, conform
+    from ils.store import Store
+    from ilsgen.pairs import make_pairs
+
+    ph, out = Store(phantoms_uri), Store(out_uri)
+    studies = [s for s in ph.read_parquet("manifest.parquet").to_pylist() if s.get("split") == split]
+    findings = ph.read_parquet("truth/findings.parquet").to_pylist()
+    masks = ph.read_parquet("truth/masks.parquet").to_pylist()
+    rows: list[dict] = []
+    for st in studies:
+        sid = st["study_id"]
+        st = dict(st, image_uri=ph.uri(st["image_uri"]) if "://" not in st["image_uri"] and not st["image_uri"].startswith("/") else st["image_uri"])
+        fs = [f for f in findings if f["study_id"] == sid]
+        ms = [dict(m, grounded_locations=list(m.get("grounded_locations") or []), reported_locations=list(m.get("reported_locations") or []))
+              for m in masks if m["study_id"] == sid]
+        arrays = {m["mask_uri"]: ph.read_png(f"truth/{m['mask_uri']}") for m in ms}
+        for m in ms:  # the run folder holds its own copy of the target masks
+            out.write_png(f"truth-{m['mask_uri']}", arrays[m["mask_uri"]])
+        arrays = {f"truth-{k}": v for k, v in arrays.items()}
+        ms = [dict(m, mask_uri=f"truth-{m['mask_uri']}") for m in ms]
+        bits = ph.read_png(f"truth/anatomy/{sid}.png")
+        pairs, new = make_pairs(st, fs, ms, arrays, bits, PairConfig(seed=seed))
+        for path, arr in new.items():
+            out.write_png(path, np.asarray(arr, dtype=np.uint8))
+        rows += pairs
+    out.write_parquet("pairs/part-0.parquet", conform(rows, PAIR))
+    return len(rows)
+
+
+def parse_curve(text: str) -> list[dict]:
+    """The per-step metric dicts that rank 0 logs during `ils train`."""
+    points = []
+    for m in _METRICS.finditer(text):
+        try:
+            d = ast.literal_eval(m.group(1))
+        except (ValueError, SyntaxError):
+            continue
+        points.append({k: v for k, v in d.items() if isinstance(v, (int, float))})
+    return points
+
+
+def run(cmd: list[str], log_path: Path) -> tuple[str, float]:
+    """Run a CLI command, tee its output into `log_path`; (output, seconds)."""
+    log.info("$ %s", " ".join(cmd))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    log_path.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
+    return proc.stdout + proc.stderr, dt
+
+
+def overall(report: dict) -> dict:
+    """Per-lesion and overall gated/ungated gIoU, cIoU, N-Acc (+ text and presence accuracy)."""
+    def blk(b: dict) -> dict:
+        return {"n": b["n"], "gated": b["gated"], "ungated": b["ungated"], "text_accuracy": b["text_accuracy"],
+                "presence_accuracy": b["presence_accuracy"]}
+
+    return {"overall": blk(report["overall"]), "per_lesion": {k: blk(v) for k, v in report["per_lesion"].items()},
+            "per_type": {k: blk(v) for k, v in report["per_type"].items()}}
+
+
+def plot(curve: list[dict], results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    steps = [p["step"] for p in curve]
+    axes[0].plot(steps, [p["loss"] for p in curve], label="train loss (0.5 CE + 5 BCE + Dice + presence BCE)")
+    axes[0].set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("ils train (tiny, demo config)")
+    names, vals = [], []
+    for target in ("ilsgen", "truth"):
+        rep = results.get(target)
+        if not rep:
+            continue
+        for mode in ("gated", "ungated"):
+            o = rep["overall"][mode]
+            names += [f"{target}\n{mode}\ngIoU", f"{target}\n{mode}\ncIoU", f"{target}\n{mode}\nN-Acc"]
+            vals += [o["gIoU"] or 0, o["cIoU"] or 0, o["N-Acc"] or 0]
+    axes[1].bar(range(len(vals)), vals, color=["C0", "C1", "C2"] * (len(vals) // 3))
+    axes[1].set_xticks(range(len(vals)), names, fontsize=6)
+    axes[1].axhline(0.7, ls=":", c="C0")
+    axes[1].axhline(0.85, ls=":", c="C1")
+    axes[1].axhline(0.8, ls=":", c="C2")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("test split: gIoU / cIoU / N-Acc (targets dotted)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default="/tmp/learn", help="store.uri of the run (holds gen/)")
+    ap.add_argument("--data", default="gen", help="ilsgen run, relative to the store")
+    ap.add_argument("--phantoms", default="phantoms", help="phantom folder written by `ils sample` (has truth/)")
+    ap.add_argument("--name", default="rosalia-learning", help="train.name (Ray Train run name)")
+    ap.add_argument("--ckpt", default="ckpt-learning", help="exported checkpoint, relative to the store")
+    ap.add_argument("--skip-train", action="store_true", help="reuse --train-log and --ckpt")
+    ap.add_argument("--train-log", default=None, help="log of an earlier `ils train` (with --skip-train)")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("overrides", nargs="*", help="config overrides for `ils train`")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = Path(args.out)
+    tmp = out / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    ils = str(Path(sys.executable).with_name("ils"))
+    store = f"store.uri={args.store}"
+    train_cmd = [ils, "train", "--data", args.data, "--out", args.ckpt, store, f"train.name={args.name}", *args.overrides]
+    if args.skip_train:
+        text, train_s = Path(args.train_log).read_text(), None
+    else:
+        text, train_s = run(train_cmd, tmp / "learning_train.log")
+    curve = parse_curve(text)
+    summary = None
+    m = re.search(r"^\{\n.*?^\}", text, re.S | re.M)
+    if m:
+        try:
+            summary = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            summary = None
+    ckpt = str(Path(args.store) / args.ckpt)
+    results: dict = {}
+    commands = {"train": " ".join(train_cmd[1:])}
+    truth_run = str(Path(args.store) / "truth-test")
+    n_truth = build_truth_run(str(Path(args.phantoms).resolve()), truth_run, "test")
+    for target, data in (("ilsgen", str(Path(args.store) / args.data)), ("truth", truth_run)):
+        eval_out = str(Path(args.store) / f"eval-learning-{target}")
+        cmd = [ils, "eval", "--checkpoint", ckpt, "--data", data, "--out", eval_out, "--split", "test", store]
+        table, eval_s = run(cmd, tmp / f"learning_eval_{target}.log")
+        report = json.loads((Path(eval_out) / "report.json").read_text())
+        results[target] = {**overall(report), "eval_seconds": round(eval_s, 1), "n_samples": report["n_samples"],
+                           "cleanup": report.get("cleanup")}
+        commands[f"eval_{target}"] = " ".join(cmd[1:])
+    doc = {
+        "what": "tiny ROSALIA trained by `ils train` (demo config configs/local.yaml) on ilsgen-regenerated phantom "
+                "studies; scored on the held-out test-split studies. 'ilsgen': targets = ilsgen pairs/masks; "
+                "'truth': pairs built by ilsgen.pairs.make_pairs from the phantom ground truth (findings + masks). "
+                "gated = mask emptied when the presence head says absent; ungated = SPEC section 4 teacher-forced protocol.",
+        "data_commands": ["ils sample --n 400 --seed 3 --out phantoms store.uri=/tmp/learn",
+                          "ils gen --engine plain --input /work/main/phantoms/manifest.parquet --out gen store.uri=/tmp/learn"],
+        "commands": commands,
+        "train_seconds_wall": round(train_s, 1) if train_s else None,
+        "train_summary": summary,
+        "truth_pairs": n_truth,
+        "targets": {"gIoU": 0.7, "cIoU": 0.85, "N-Acc": 0.8},
+        "results": results,
+        "curve": curve,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_end": os.getloadavg()},
+    }
+    (out / "learning.json").write_text(json.dumps(doc, indent=1, default=str))
+    plot(curve, results, out / "learning.png")
+    log.info("wrote %s and %s", out / "learning.json", out / "learning.png")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
