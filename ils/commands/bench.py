@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HELP = "run a benchmark from bench/ (phantom, gen, train, serve, or all); results in bench/results/"
+HELP = "run a benchmark from bench/ (phantom, gen, quality, train, serve, learning, or all); results in bench/results/"
 TAKES_POSITIONALS = True
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
@@ -16,6 +16,7 @@ SCRIPTS = {
     "quality": "gen_quality.py",
     "train": "train_overhead.py",
     "serve": "serve_load.py",
+    "learning": "learning_curve.py",
 }
 
 

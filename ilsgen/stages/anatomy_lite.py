@@ -6,25 +6,41 @@ Bits follow `ils.vocab.ATOMIC_REGIONS` (heart, then the zones right side first).
 the patient's right (radiological convention), so "right lung" is the dark field left of the
 midline.
 
-Method, per image, at a working resolution (`options.work_size`, default 256):
-1. Smooth, stretch to percentiles 1-99; Otsu splits the central field into dark and bright, and
-   the lung threshold lies `options.lung_threshold` (0.5) of the way from the dark median to the
-   20th percentile of the bright class (the chest-wall soft tissue, not the brighter mediastinum
-   and abdomen); dark components touching the image border (air outside the body) are dropped.
+Method, per image, at a working resolution (`options.work_size`, default 128; the masks are
+drawn at the output size from the fitted curves, so the edges are smooth and not blocky):
+1. Smooth, stretch to percentiles 1-99. Tissue levels from rows 30-60% down: on each side the
+   row's brightest pixel lateral of the heart (chest wall) and the darkest between it and the
+   mediastinum (aerated lung); medians over rows. The lung threshold lies
+   `options.lung_threshold` (0.65) of the way from lung to chest wall (the lung edge is a soft
+   ramp, so the half-way level would cut it short). Dark components touching the image border
+   (air outside the body) are dropped.
 2. Midline = the brightest column band (spine/mediastinum) in the central third.
-3. Each lung = the largest dark component on its side of the midline, holes filled, closed with
-   a disc, and made column-convex (each column an interval; the heart kept out), so a dense
-   lesion inside a lung or across its top stays inside the lung mask.
-4. Shape prior against lesions that erase part of a lung (effusion at the base, apical or lateral
-   consolidation): the other lung, mirrored about the midline, is added where it lies beyond
-   this lung's top, bottom or lateral edge (never medially, so the heart is not swallowed).
-5. Heart (see `heart`): residual over each column's upper-chest median (cancels the mediastinum
-   and spine column), above `options.heart_threshold` (0.4) of the soft-tissue/lung contrast and
-   not dark; lower border = a robust quadratic through the heart/abdomen overlap peak under the
-   diaphragm; components around the chest centre joined row by row across the spine.
-6. Zones split each lung by its own vertical extent at fractions `options.zone_fractions`
+3. Observed lung per side = the largest dark component (plus sizeable pieces cut off by ribs or
+   clavicles), holes filled, closed, each column made an interval.
+4. Diaphragm (`diaphragm`): the lowest lung pixel of every column, as a function of the distance
+   u from the midline, mirrored lower envelope of the two sides (fluid or a lesion lifts one
+   base, rarely both at the same place), fitted by y = a + b u + c u^2 with asymmetric trimming
+   (points well above the curve -- a base lifted by fluid, columns ending on the heart -- are
+   dropped), c at least `options.dome_curvature` (3.0) * size (the costophrenic angles lie well
+   below the domes, also when both bases hold fluid), plus a bounded per-side offset; under the
+   heart, linear between the innermost columns that kept a point.
+5. Shape model per lung (`lung_model`): an axis-aligned ellipse fitted to the lateral-most pixel
+   of each row and the top pixel of each column, refitted without points well inside it (where a
+   lesion or fluid ate into the dark field), and a mediastinal line fitted to the medial-most
+   pixels 15-50% down the lung, started from the most medial ones. Lung = ellipse, above the
+   diaphragm, lateral of the mediastinal line, minus the heart. A lesion anywhere in the lung,
+   fluid at the base, or a dense apex thus stays inside the lung mask. When the fit is
+   implausible the observed mask is used, with the mirrored other lung added beyond its top,
+   bottom or lateral edge.
+6. Heart (see `heart`): residual over each column's upper-chest median, above
+   `options.heart_threshold` (0.4) of the lung/chest-wall contrast, denser than the chest wall
+   by `options.heart_excess` (0.3) of that contrast (lung haze beside the heart is not), and
+   above the diaphragm curve + 1.5% (heart and abdomen are equally dense: no edge shows);
+   components around the chest centre joined row by row across the spine.
+7. Zones split each lung by its own vertical extent at fractions `options.zone_fractions`
    (default 0.17, 0.42, 0.68 of lung height, as the phantom truth: apical < 0.17 <= upper
    < 0.42 <= mid < 0.68 <= base).
+Cost: about 0.02 s of CPU per image at 512 (was about 0.075 s working at 256).
 When a step finds nothing plausible (e.g. a non-CXR image), a fixed template of two lung
 ellipses and a heart ellipse is used for the missing part, so the output is always well formed.
 """
@@ -145,6 +161,8 @@ class LiteAnatomy:
         self.lung_threshold = float(opts.get("lung_threshold", 0.65))
         self.heart_threshold = float(opts.get("heart_threshold", 0.4))
         self.shape_model = bool(opts.get("shape_model", True))
+        self.heart_excess = float(opts.get("heart_excess", 0.3))
+        self.dome_curvature = float(opts.get("dome_curvature", 3.0))
         if len(self.zone_fractions) != 3 or not 0 < self.zone_fractions[0] < self.zone_fractions[1] < self.zone_fractions[2] < 1:
             raise ValueError("options.zone_fractions must be three increasing fractions in (0, 1)")
 
@@ -196,7 +214,7 @@ class LiteAnatomy:
             obs.append(self.regularise(cand, np.zeros_like(cand)))
         contrast = max(wall_lv - lung_lv, 0.05)
         dia = self.diaphragm(obs[0], obs[1], mid)
-        heart = self.heart(x, obs[0], obs[1], mid, contrast, dark, dia)
+        heart = self.heart(x, obs[0], obs[1], mid, contrast, dark, dia, wall=wall_lv)
         if heart.sum() < 0.003 * w * w:
             heart = th & ~(obs[0] | obs[1])
         models = [None, None]
@@ -289,21 +307,42 @@ class LiteAnatomy:
             ys.append(bot.astype(float))
             ss.append(np.full(cols.size, s))
         u, y, s = np.concatenate(us), np.concatenate(ys), np.concatenate(ss)
-        A = np.stack([s == 0, s == 1, u, u * u, u ** 3], axis=1).astype(float)
-        keep = np.ones(u.size, bool)
+        # mirrored lower envelope: at each distance from the midline the lower of the two lung
+        # bottoms (fluid or a lesion raises one side's base, rarely both at the same place)
+        ub = np.round(u * w).astype(int)
+        env = np.full(ub.max() + 1, -np.inf)
+        np.maximum.at(env, ub, y)
+        ue = np.flatnonzero(np.isfinite(env))
+        ye = env[ue]
+        ue = ue / w
+        A = np.stack([np.ones_like(ue), ue, ue * ue], axis=1)
+        keep = ye >= ye.max() - 0.15 * w  # start from the lower envelope (not the heart top)
         tol = max(1.5, 0.015 * w)
         coef = None
-        for _ in range(6):
-            if keep[s == 0].sum() < 3 or keep[s == 1].sum() < 3:
+        for _ in range(8):
+            if keep.sum() < 4:
                 break
-            coef, *_ = np.linalg.lstsq(A[keep], y[keep], rcond=None)
-            res = y - A @ coef
-            new = res >= -tol
+            coef, *_ = np.linalg.lstsq(A[keep], ye[keep], rcond=None)
+            new = ye - A @ coef >= -tol
             if (new == keep).all():
                 break
             keep = new
         if coef is None:
             return None
+        c_min = self.dome_curvature * w  # prior: costophrenic angles lie well below the domes
+        if coef[2] < c_min and keep.sum() >= 3:  # too flat (fluid in both bases): refit at c_min
+            B = A[keep][:, :2]
+            ab, *_ = np.linalg.lstsq(B, ye[keep] - c_min * ue[keep] ** 2, rcond=None)
+            coef = np.array([ab[0], ab[1], c_min])
+        # per-side offset (the hemidiaphragms differ a little), bounded so fluid cannot lift it
+        offs = []
+        for side in (0, 1):
+            sel = s == side
+            res = y[sel] - (coef[0] + coef[1] * u[sel] + coef[2] * u[sel] ** 2)
+            ok = res >= -tol
+            offs.append(float(np.clip(np.median(res[ok]) if ok.any() else 0.0, -0.02 * w, 0.02 * w)))
+        coef = np.array([coef[0] + offs[0], coef[0] + offs[1], coef[1], coef[2], 0.0])
+        keep = (y - (np.where(s == 0, coef[0], coef[1]) + coef[2] * u + coef[3] * u * u)) >= -tol
         cols = np.arange(w)
         uu = np.abs(cols - mid) / w
         dia = np.where(cols < mid, coef[0], coef[1]) + coef[2] * uu + coef[3] * uu ** 2 + coef[4] * uu ** 3
@@ -317,7 +356,8 @@ class LiteAnatomy:
                 yl = coef[1] + coef[2] * cl.min() + coef[3] * cl.min() ** 2 + coef[4] * cl.min() ** 3
                 between = (cols > xr) & (cols < xl)
                 dia[between] = yr + (cols[between] - xr) * (yl - yr) / (xl - xr)
-        return dia
+        # never far below the lowest lung pixel seen
+        return np.minimum(dia, y.max() + 0.06 * w)
 
     def lung_model(self, obs: np.ndarray, sign: int, mid: int, dia: np.ndarray) -> tuple | None:
         """Ellipse of the lateral and apical outline and the mediastinal line of one lung.
@@ -349,11 +389,12 @@ class LiteAnatomy:
         keep = np.ones(px.size, bool)
         ell = None
         for _ in range(5):
-            e = fit_ellipse(px[keep] - mid, py[keep])
+            ox, oy = float(px[keep].mean()), float(py[keep].mean())  # origin inside the ellipse
+            e = fit_ellipse(px[keep] - ox, py[keep] - oy)
             if e is None:
                 break
-            ell = e
-            cx, cy, ax, ay = e
+            ell = (e[0] + ox - mid, e[1] + oy, e[2], e[3])
+            cx, cy, ax, ay = ell
             rho = np.sqrt(((px - mid - cx) / ax) ** 2 + ((py - cy) / ay) ** 2)
             new = rho >= 1 - max(1.5, 0.012 * w) / max(ax, ay)
             if new.sum() < 0.5 * px.size or (new == keep).all():
@@ -369,8 +410,10 @@ class LiteAnatomy:
         rx = med_all[rows[mr]].astype(float) + (1.0 if sign < 0 else 0.0)
         if ry.size < 4:
             return None
-        keep = np.ones(ry.size, bool)
-        line = (0.0, float(np.median(rx)))
+        # start from a vertical line through the most medial points (a lesion or haze beside
+        # the mediastinum moves the edge laterally, never medially)
+        line = (0.0, float(np.percentile(rx, 80 if sign < 0 else 20)))
+        keep = sign * (rx - line[1]) <= 1.5
         for _ in range(4):
             line = tuple(np.polyfit(ry[keep], rx[keep], 1)) if keep.sum() >= 4 else line
             res = sign * (rx - np.polyval(line, ry))  # > 0: lateral of the line
@@ -422,7 +465,7 @@ class LiteAnatomy:
         return out[0], out[1]
 
     def heart(self, x: np.ndarray, right: np.ndarray, left: np.ndarray, mid: int, contrast: float, dark: np.ndarray,
-              dia: np.ndarray | None = None) -> np.ndarray:
+              dia: np.ndarray | None = None, wall: float | None = None) -> np.ndarray:
         """Heart = the soft-tissue island between the lungs that stands out of its column.
 
         1. Column background: each column's median over the upper chest (rows 15-35% down the
@@ -446,6 +489,8 @@ class LiteAnatomy:
         r = x - bg[None, :]
         thr = self.heart_threshold * contrast
         cand = (r > thr) & ~dark
+        if wall is not None:  # the heart is denser than the chest wall; lung haze is not
+            cand &= x > wall + self.heart_excess * contrast
         cand[: top + int(0.3 * h)] = False
         lo, hi = max(0, mid - int(0.25 * w)), min(w, mid + int(0.25 * w))
         cand[:, :lo] = False
