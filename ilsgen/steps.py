@@ -148,13 +148,11 @@ class ReportStep(Step):
 
     def process(self, batch: Batch, rows: list[int]) -> None:
         for i in rows:
-            findings = self.backend.structure(str(batch["study_id"][i]), str(batch["report"][i]))
-            batch["findings"][i] = json.dumps(findings)
-            sources = sorted({f.get("source") or "rules" for f in findings})
-            batch["report_source"][i] = ",".join(sources) if sources else self.cfg.gen.report.backend
-
-    def counters(self) -> dict[str, int]:
-        return dict(getattr(self.backend, "counters", {}) or {})
+            # structure_ex tells where the rows came from (llm | llm_fallback | rules), also
+            # for a report without findings; the summary counts fallbacks from it
+            result = self.backend.structure_ex(str(batch["study_id"][i]), str(batch["report"][i]))
+            batch["findings"][i] = json.dumps(result.rows)
+            batch["report_source"][i] = result.source
 
 
 class _VisionStep(Step):

@@ -210,3 +210,19 @@ def test_smollm2_llm_serve_end_to_end(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_pipeline_counts_llm_fallbacks_in_the_run_summary(fake_server, tmp_path):
+    """A failing endpoint does not fail the run: every study falls back to rules, counted."""
+    from ils.cli import main as ils_main
+    from ils.config import load_config
+    from ilsgen.pipeline import run_generation
+
+    store = [f"store.uri={tmp_path}", "image.size=64"]
+    assert ils_main(["sample", "--n", "4", "--seed", "2", "--out", "ph", "sample.size=128", *store]) == 0
+    cfg = load_config(None, [*store, "gen.report.backend=llm", f"gen.report.llm.base_url={fake_server}/error500",
+                             "gen.report.llm.max_retries=1", "gen.report.llm.backoff_s=0.01",
+                             "gen.report.llm.requests_per_second=0", "gen.anomaly_fit_studies=2"])
+    summary = run_generation(cfg, "ph/manifest.parquet", "run", engine="plain")
+    assert summary["studies"] == {"ok": 4}
+    assert summary["report_sources"] == {"llm_fallback": 4}
