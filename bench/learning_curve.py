@@ -32,8 +32,8 @@ log = logging.getLogger("bench.learning_curve")
 _METRICS = re.compile(r"(\{'step': \d+.*?\})")
 
 
-def build_truth_run(phantoms_uri: str, out_uri: str, split: str = "test", seed: int = 0) -> int:
-    """Write a run folder of PAIR rows built from the phantom ground truth of one split; returns #pairs."""
+def build_truth_run(phantoms_uri: str, out_uri: str, split: str | None = "test", seed: int = 0) -> int:
+    """Write a run folder of PAIR rows built from the phantom ground truth of one split (None: all); returns #pairs."""
     import numpy as np
 
     from ils.config import PairConfig
@@ -42,7 +42,7 @@ def build_truth_run(phantoms_uri: str, out_uri: str, split: str = "test", seed: 
     from ilsgen.pairs import make_pairs
 
     ph, out = Store(phantoms_uri), Store(out_uri)
-    studies = [s for s in ph.read_parquet("manifest.parquet").to_pylist() if s.get("split") == split]
+    studies = [s for s in ph.read_parquet("manifest.parquet").to_pylist() if split is None or s.get("split") == split]
     findings = ph.read_parquet("truth/findings.parquet").to_pylist()
     masks = ph.read_parquet("truth/masks.parquet").to_pylist()
     rows: list[dict] = []

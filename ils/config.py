@@ -145,6 +145,9 @@ class GenConfig:
     fuse: FuseConfig = field(default_factory=FuseConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
     max_errored_fraction: float = 0.2  # the run fails once more studies than this fail
+    layout: str = "stages"  # stages: an actor pool per stage (cluster) | fused: the chain per actor
+    fused_concurrency: int = 2  # fused layout: identical actors running the whole chain
+    fused_num_cpus: float = 0.9
     task_num_cpus: float = 0.25  # CPUs per fuse/write worker
     fuse_concurrency: int = 1
     anomaly_fit_studies: int = 48  # report-normal studies that fit the lite anomaly model

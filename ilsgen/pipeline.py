@@ -122,8 +122,26 @@ def _actor_opts(stage) -> dict:
     return opts
 
 
+class ChainStep:
+    """Every step in one actor: the `fused` layout (data parallel, no hand-offs between stages)."""
+
+    def __init__(self, cfg: Config, run_uri: str, anomaly_state: Any):
+        self.steps = [step for _, step in make_steps(cfg, run_uri, anomaly_state)] + [WriteStep(cfg, run_uri)]
+
+    def __call__(self, batch: dict) -> dict:
+        for step in self.steps:
+            batch = step(batch)
+        return batch
+
+
 def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any):
-    """The Ray Data plan: one block per batch of studies so stages overlap from the start."""
+    """The Ray Data plan: one block per batch of studies so stages overlap from the start.
+
+    Layout `stages` (the cluster layout): one actor pool per stage, each with its own
+    concurrency, CPUs, GPUs and custom resources, so GPU stages land on GPU nodes. Layout
+    `fused`: the whole chain in `gen.fused_concurrency` identical actors; on a small CPU-only
+    machine this avoids shipping full-size images between seven worker processes.
+    """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -134,6 +152,12 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
     blocks = [todo.slice(i, bs) for i in range(0, todo.num_rows, bs)]
     ds = ray.data.from_arrow(blocks)
     common = {"batch_format": "numpy", "batch_size": bs, "zero_copy_batch": False}
+    if gen.layout == "fused":
+        return ds.map_batches(ChainStep, **common, fn_constructor_args=(cfg, run_uri, anomaly_state),
+                              compute=ray.data.ActorPoolStrategy(size=max(1, gen.fused_concurrency)),
+                              num_cpus=gen.fused_num_cpus)
+    if gen.layout != "stages":
+        raise UserError(f"gen.layout must be 'stages' or 'fused', not {gen.layout!r}")
     args = {"fn_constructor_args": (cfg,)}
     ds = ds.map_batches(DecodeStep, **common, **args, **_actor_opts(gen.decode))
     ds = ds.map_batches(ReportStep, **common, **args, **_actor_opts(gen.report))

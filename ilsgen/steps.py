@@ -129,16 +129,12 @@ class ReportStep(Step):
     name = "report"
 
     def __init__(self, cfg: Config):
+        from ilsgen.report import make_report_backend
+
         self.cfg = cfg
-        self._backend = None
-
-    @property
-    def backend(self):
-        if self._backend is None:
-            from ilsgen.report import make_report_backend
-
-            self._backend = make_report_backend(self.cfg.gen.report)
-        return self._backend
+        self.backend = make_report_backend(cfg.gen.report)
+        if cfg.gen.report.backend == "rules":  # load the NLP pipeline now, not inside batch 1's timing
+            self.backend.structure("warm-up", "FINDINGS: No effusion.")
 
     def __call__(self, batch: Batch) -> Batch:
         n = batch_len(batch)
@@ -159,19 +155,12 @@ class _VisionStep(Step):
     stage = ""
 
     def __init__(self, cfg: Config, state: Any = None):
+        from ilsgen.stages.registry import make_backend
+
         self.cfg = cfg
-        self.state = state
-        self._backend = None
-
-    @property
-    def backend(self):
-        if self._backend is None:
-            from ilsgen.stages.registry import make_backend
-
-            self._backend = make_backend(self.stage, getattr(self.cfg.gen, self.stage), self.cfg.image.size)
-            if self.state is not None and hasattr(self._backend, "set_state"):
-                self._backend.set_state(self.state)
-        return self._backend
+        self.backend = make_backend(self.stage, getattr(cfg.gen, self.stage), cfg.image.size)
+        if state is not None and hasattr(self.backend, "set_state"):
+            self.backend.set_state(state)
 
 
 class AnatomyStep(_VisionStep):

@@ -98,13 +98,15 @@ def test_plain_and_ray_agree(phantoms, ray_local):
     root, _, _ = phantoms
     cfg = _cfg(str(root))
     run_generation(cfg, "phantoms/manifest.parquet", "run_plain", engine="plain")
-    run_generation(cfg, "phantoms/manifest.parquet", "run_ray2")
+    run_generation(cfg, "phantoms/manifest.parquet", "run_ray2")  # layout: fused (local.yaml)
+    staged = _cfg(str(root), "gen.layout=stages")
+    run_generation(staged, "phantoms/manifest.parquet", "run_ray_stages")
     store = Store(str(root))
 
     def key(run):
         return sorted((p["pair_id"], p["answer"]) for p in store.child(run).read_parquet("pairs", schema=PAIR).to_pylist())
 
-    assert key("run_plain") == key("run_ray2")
+    assert key("run_plain") == key("run_ray2") == key("run_ray_stages")
 
 
 def test_killed_run_resumes_without_duplicates_or_losses(phantoms):

@@ -252,7 +252,7 @@ def test_gen_on_two_nodes_via_jobs_api(two_nodes, s3_bucket, tmp_path, capsys):
     gpu = "{gpu_node: 0.001}"
     cpu = "{cpu_node: 0.001}"
     overrides = [
-        *store, "image.size=128", "gen.out=gen", "gen.anomaly_fit_studies=8",
+        *store, "image.size=128", "gen.out=gen", "gen.layout=stages", "gen.anomaly_fit_studies=8",
         "gen.decode.num_cpus=0.1", f"gen.decode.resources={cpu}",
         "gen.report.num_cpus=0.1", "gen.report.batch_size=2", f"gen.report.resources={cpu}",
         "gen.anatomy.num_cpus=0.1", f"gen.anatomy.resources={gpu}",

@@ -8,8 +8,8 @@ What "no writable local data folder" means here, precisely:
 - The process runs in a private mount namespace (`unshare --mount`, when this machine allows it;
   CI runs as root) in which the whole root file system is READ-ONLY, except two folders:
   `TMPDIR` (Ray's temp/session dir, Python's `tempfile` scratch) and `ILS_STATE_DIR` =
-  `ray.local_state_dir` (runtime state: Ray's HOME, ultralytics settings, torch extensions,
-  matplotlib/HF caches). /dev/shm (Ray's object store: memory, not disk) is left as it is.
+  `ray.local_state_dir` (runtime state: Ray's HOME and auth token, ultralytics settings, torch
+  extensions, matplotlib's font cache; see ils.runtime.loopback_env). /dev/shm (Ray's object store: memory, not disk) is left as it is.
   Its working directory and HOME are read-only folders as well. Any stage that tries to write
   elsewhere fails the run. Without namespaces the same test runs with only the read-only
   working directory and HOME (weaker; the scan below still applies).

@@ -22,8 +22,10 @@ drawn at the output size from the fitted curves, so the edges are smooth and not
    base, rarely both at the same place), fitted by y = a + b u + c u^2 with asymmetric trimming
    (points well above the curve -- a base lifted by fluid, columns ending on the heart -- are
    dropped), c at least `options.dome_curvature` (3.0) * size (the costophrenic angles lie well
-   below the domes, also when both bases hold fluid), plus a bounded per-side offset; under the
-   heart, linear between the innermost columns that kept a point.
+   below the domes, also when both bases hold fluid), plus a bounded per-side offset. Under the
+   heart: the lower of the dome curve's extension and the line between the innermost columns
+   that kept a point (`options.heart_sag`, 1.0 = fully the curve; 0.35/0.6/0.8/1.0 gave heart
+   IoU 0.83/0.84/0.85/0.86 on 80 phantoms).
 5. Shape model per lung (`lung_model`): an axis-aligned ellipse fitted to the lateral-most pixel
    of each row and the top pixel of each column, refitted without points well inside it (where a
    lesion or fluid ate into the dark field), and a mediastinal line fitted to the medial-most
@@ -163,6 +165,7 @@ class LiteAnatomy:
         self.shape_model = bool(opts.get("shape_model", True))
         self.heart_excess = float(opts.get("heart_excess", 0.3))
         self.dome_curvature = float(opts.get("dome_curvature", 3.0))
+        self.heart_sag = float(opts.get("heart_sag", 1.0))
         if len(self.zone_fractions) != 3 or not 0 < self.zone_fractions[0] < self.zone_fractions[1] < self.zone_fractions[2] < 1:
             raise ValueError("options.zone_fractions must be three increasing fractions in (0, 1)")
 
@@ -355,7 +358,9 @@ class LiteAnatomy:
                 yr = coef[0] + coef[2] * cr.min() + coef[3] * cr.min() ** 2 + coef[4] * cr.min() ** 3
                 yl = coef[1] + coef[2] * cl.min() + coef[3] * cl.min() ** 2 + coef[4] * cl.min() ** 3
                 between = (cols > xr) & (cols < xl)
-                dia[between] = yr + (cols[between] - xr) * (yl - yr) / (xl - xr)
+                lin = yr + (cols[between] - xr) * (yl - yr) / (xl - xr)
+                # the diaphragm sags under the heart: part-way towards the dome curve's extension
+                dia[between] = lin + self.heart_sag * np.maximum(dia[between] - lin, 0.0)
         # never far below the lowest lung pixel seen
         return np.minimum(dia, y.max() + 0.06 * w)
 
