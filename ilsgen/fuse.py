@@ -105,6 +105,38 @@ def lesion_mask(region_lung: np.ndarray, anomaly: np.ndarray, kept: Sequence[Box
     return m
 
 
+#: Effusion threshold as a fraction of cfg.anomaly_threshold (see `effusion_mask`).
+EFFUSION_THRESHOLD_FACTOR = 0.8
+
+
+def effusion_mask(region: np.ndarray, anomaly: np.ndarray, kept: Sequence[Box], cfg: FuseConfig) -> np.ndarray:
+    """Effusion: a dependent layer, homogeneous but fainter where it thins towards the
+    mediastinum and the meniscus, so the anomaly is thresholded more tolerantly
+    (EFFUSION_THRESHOLD_FACTOR of cfg.anomaly_threshold) over the whole reported region (the
+    base of the reported side), not only inside the kept boxes; kept components must touch a
+    kept box (the evidence), small ones are dropped; each column is then filled from the
+    layer's upper surface down to the region's base (fluid is dependent)."""
+    h, w = anomaly.shape
+    in_boxes = np.zeros((h, w), bool)
+    for b in kept:
+        in_boxes[max(0, int(b.y0)) : min(h, int(np.ceil(b.y1))), max(0, int(b.x0)) : min(w, int(np.ceil(b.x1)))] = True
+    m = (anomaly >= EFFUSION_THRESHOLD_FACTOR * cfg.anomaly_threshold) & region
+    m = ndi.binary_fill_holes(m)
+    lab, n = ndi.label(m)
+    if n:
+        sizes = ndi.sum(m, lab, index=np.arange(1, n + 1))
+        touch = ndi.maximum(in_boxes, lab, index=np.arange(1, n + 1))
+        drop = np.flatnonzero((sizes < cfg.min_component_frac * h * w) | ~touch.astype(bool)) + 1
+        m[np.isin(lab, drop)] = False
+    # dependent: below its upper surface (the meniscus) the layer fills the column to the base
+    if m.any():
+        cols = np.flatnonzero(m.any(axis=0))
+        first = m[:, cols].argmax(axis=0)
+        rows = np.arange(h)[:, None]
+        m[:, cols] |= (rows >= first[None, :]) & region[:, cols]
+    return m
+
+
 def split_sides(mask: np.ndarray, bits: np.ndarray) -> list[np.ndarray]:
     """One instance per lung side (MIMIC-ILS and the phantom truth: a lesion instance never
     crosses the mediastinum, so a bilateral finding is two instances, right first)."""
@@ -171,7 +203,10 @@ def fuse_study(
             kept = keep_boxes(boxes, region, anomaly, lesion, cfg)
             if not kept:
                 continue
-            mask = lesion_mask(lung_of_sides(bits, locs), anomaly, kept, cfg)
+            if lesion == "effusion":
+                mask = effusion_mask(region, anomaly, kept, cfg)
+            else:
+                mask = lesion_mask(lung_of_sides(bits, locs), anomaly, kept, cfg)
             score = float(np.mean([b.score for b in kept]))
         parts = [mask] if lesion == "cardiomegaly" else split_sides(mask, bits)
         for part in parts:

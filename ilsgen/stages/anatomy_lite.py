@@ -166,6 +166,7 @@ class LiteAnatomy:
         self.heart_excess = float(opts.get("heart_excess", 0.3))
         self.dome_curvature = float(opts.get("dome_curvature", 3.0))
         self.heart_sag = float(opts.get("heart_sag", 1.0))
+        self.abdomen_level = float(opts.get("abdomen_level", 0.65))
         if len(self.zone_fractions) != 3 or not 0 < self.zone_fractions[0] < self.zone_fractions[1] < self.zone_fractions[2] < 1:
             raise ValueError("options.zone_fractions must be three increasing fractions in (0, 1)")
 
@@ -216,7 +217,7 @@ class LiteAnatomy:
                 cand, used_template = fallback.copy(), True
             obs.append(self.regularise(cand, np.zeros_like(cand)))
         contrast = max(wall_lv - lung_lv, 0.05)
-        dia = self.diaphragm(obs[0], obs[1], mid)
+        dia = self.diaphragm(obs[0], obs[1], mid, x=x, lung_lv=lung_lv)
         heart = self.heart(x, obs[0], obs[1], mid, contrast, dark, dia, wall=wall_lv)
         if heart.sum() < 0.003 * w * w:
             heart = th & ~(obs[0] | obs[1])
@@ -290,7 +291,30 @@ class LiteAnatomy:
         lung = interval_fill(lung | heart, axis=0) & ~heart
         return largest_component(lung) if lung.any() else lung
 
-    def diaphragm(self, right: np.ndarray, left: np.ndarray, mid: int) -> np.ndarray | None:
+    def abdomen_edge(self, x: np.ndarray, lung: np.ndarray, cols: np.ndarray, bot: np.ndarray, lung_lv: float) -> np.ndarray:
+        """Per lung column, the row where the abdomen's soft-tissue density begins below the
+        dark lung's lowest pixel `bot` (NaN where not found within 25% of the image).
+
+        Abdominal level = median of the bottom rows' central half (below the domes on a CXR);
+        the edge is where a column first reaches `options.abdomen_level` (0.8) of the way from
+        aerated lung to that level. Fluid or a lesion at a base is denser than lung but (as
+        a rule; not when its density equals the abdomen's) less dense than the abdomen, so this
+        edge stays on the hemidiaphragm while the dark lung's bottom rises."""
+        w = x.shape[0]
+        abd = float(np.median(x[int(0.9 * w) : int(0.97 * w), w // 4 : 3 * w // 4]))
+        out = np.full(cols.size, np.nan)
+        if abd - lung_lv < 0.15:
+            return out
+        t = lung_lv + self.abdomen_level * (abd - lung_lv)
+        reach = int(0.25 * w)
+        for k, (c, b) in enumerate(zip(cols, bot)):
+            seg = x[b + 1 : min(w, b + 1 + reach), c] >= t
+            if seg.any():
+                out[k] = b + 1 + int(seg.argmax())
+        return out
+
+    def diaphragm(self, right: np.ndarray, left: np.ndarray, mid: int, x: np.ndarray | None = None,
+                  lung_lv: float | None = None) -> np.ndarray | None:
         """Per-column Y of the diaphragm (working size), or None.
 
         The lowest lung pixel of every lung column, u = |column - midline| / w, fitted jointly
@@ -300,16 +324,28 @@ class LiteAnatomy:
         Between the lungs (under the heart) the curve is interpolated linearly between the two
         innermost columns that kept a point."""
         w = right.shape[0]
-        us, ys, ss = [], [], []
+        us, ys, ss, gaps, bots = [], [], [], [], []
         for s, lung in enumerate((right, left)):
             cols = np.flatnonzero(lung.any(axis=0))
             if cols.size < 5:
                 return None
             bot = lung.shape[0] - 1 - lung[::-1, cols].argmax(axis=0)
+            if x is not None and lung_lv is not None:
+                gaps.append(self.abdomen_edge(x, lung, cols, bot, lung_lv) - bot)
+                bots.append(bot)
             us.append(np.abs(cols - mid) / w)
             ys.append(bot.astype(float))
             ss.append(np.full(cols.size, s))
         u, y, s = np.concatenate(us), np.concatenate(ys), np.concatenate(ss)
+        if gaps:
+            # where the abdomen edge lies well below the dark lung's bottom (fluid or a lesion
+            # lifted it), move the point down to the edge minus the usual lung-to-edge gap
+            g = np.concatenate(gaps)
+            ok = np.isfinite(g)
+            if ok.sum() >= 5:
+                g0 = float(np.percentile(g[ok], 25))
+                lifted = ok & (g > g0 + max(2.0, 0.02 * w))
+                y = np.where(lifted, y + g - g0, y)
         # mirrored lower envelope: at each distance from the midline the lower of the two lung
         # bottoms (fluid or a lesion raises one side's base, rarely both at the same place)
         ub = np.round(u * w).astype(int)
