@@ -19,6 +19,9 @@ For every present finding (reported present, definite or tentative):
   lungs is split into one instance per side (`split_sides`; the MIMIC-ILS convention that an
   instance is one connected lesion, which never crosses the mediastinum); both keep the
   finding's finding_idx.
+- effusion: as above for the boxes, but the mask (`effusion_mask`) is the anomaly above
+  EFFUSION_THRESHOLD_FACTOR x threshold over the whole reported region, components touching a
+  kept box, each column filled down to the base (a dependent layer under its meniscus).
 Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the study) and stored at
 `masks/{study}/{mask_id}.png` relative to the run root (`mask_uri`). Grounded locations are
 filled in by `ilsgen.verify.grounded_locations`.
@@ -220,4 +223,4 @@ def fuse_study(
     return rows, arrays
 
 
-__all__ = ["fuse_study", "keep_boxes", "lesion_mask", "mask_id", "mask_uri", "FuseError", "expand"]
+__all__ = ["fuse_study", "keep_boxes", "lesion_mask", "effusion_mask", "mask_id", "mask_uri", "FuseError", "expand"]

@@ -64,7 +64,12 @@ def test_fuse_checks_and_cardiomegaly():
     assert set(by) == {"effusion", "cardiomegaly"}  # the left upper blob fails c1 for "left mid zone"
     eff = arrays[by["effusion"]["mask_uri"]]
     assert eff.dtype == np.uint8 and set(np.unique(eff)) == {0, 255}
-    assert (eff > 0).sum() == 15 * 20 and by["effusion"]["grounded_locations"] == ["right lung base"]
+    # effusion is a dependent layer: the blob, filled down to the base of the right lung
+    base = (bits & region_bit("right lung base")) != 0
+    assert (eff > 0)[90:105, 20:40].all() and not (eff > 0)[:90].any() and not ((eff > 0) & ~base).any()
+    cols = np.arange(20, 40)
+    assert all((eff[90:, c] > 0).sum() == base[90:, c].sum() for c in cols)
+    assert by["effusion"]["grounded_locations"] == ["right lung base"]
     assert by["effusion"]["mask_id"] == "s1_effusion_0" and by["effusion"]["mask_uri"] == "masks/1/s1_effusion_0.png"
     heart = (bits & region_bit("heart")) != 0
     assert ((arrays[by["cardiomegaly"]["mask_uri"]] > 0) == heart).all()
@@ -130,4 +135,5 @@ def test_bilateral_finding_gives_one_instance_per_side():
     pairs, new = make_pairs({"study_id": "1", "image_uri": "x"}, findings, rows, arrays, bits, PairConfig(negatives_per_study=0))
     glob = [p for p in pairs if p["type"] == "global"]
     assert len(glob) == 1 and glob[0]["seg_mask_path"] in new  # the global pair points at the union
-    assert (new[glob[0]["seg_mask_path"]] > 0).sum() == 2 * 15 * 20
+    union = sum((arrays[r["mask_uri"]] > 0).sum() for r in rows)  # effusion fills to the base
+    assert union >= 2 * 15 * 20 and (new[glob[0]["seg_mask_path"]] > 0).sum() == union

@@ -19,7 +19,11 @@ drawn at the output size from the fitted curves, so the edges are smooth and not
    clavicles), holes filled, closed, each column made an interval.
 4. Diaphragm (`diaphragm`): the lowest lung pixel of every column, as a function of the distance
    u from the midline, mirrored lower envelope of the two sides (fluid or a lesion lifts one
-   base, rarely both at the same place), fitted by y = a + b u + c u^2 with asymmetric trimming
+   base, rarely both at the same place); where the abdomen's density edge (`abdomen_edge`,
+   `options.abdomen_level` 0.9 of the way from aerated lung to the abdomen) lies well below a
+   column's dark bottom, fluid or a lesion lifted it and the point moves down to that edge (less
+   the usual lung-to-edge gap; a no-op where fluid is as dense as the abdomen). Fitted
+   by y = a + b u + c u^2 with asymmetric trimming
    (points well above the curve -- a base lifted by fluid, columns ending on the heart -- are
    dropped), c at least `options.dome_curvature` (3.0) * size (the costophrenic angles lie well
    below the domes, also when both bases hold fluid), plus a bounded per-side offset. Under the
@@ -166,7 +170,7 @@ class LiteAnatomy:
         self.heart_excess = float(opts.get("heart_excess", 0.3))
         self.dome_curvature = float(opts.get("dome_curvature", 3.0))
         self.heart_sag = float(opts.get("heart_sag", 1.0))
-        self.abdomen_level = float(opts.get("abdomen_level", 0.65))
+        self.abdomen_level = float(opts.get("abdomen_level", 0.9))
         if len(self.zone_fractions) != 3 or not 0 < self.zone_fractions[0] < self.zone_fractions[1] < self.zone_fractions[2] < 1:
             raise ValueError("options.zone_fractions must be three increasing fractions in (0, 1)")
 
@@ -296,7 +300,8 @@ class LiteAnatomy:
         dark lung's lowest pixel `bot` (NaN where not found within 25% of the image).
 
         Abdominal level = median of the bottom rows' central half (below the domes on a CXR);
-        the edge is where a column first reaches `options.abdomen_level` (0.8) of the way from
+        the edge is where a column first reaches `options.abdomen_level` (0.9; 0.65/0.8/0.9 gave
+        effusion IoU 0.20/0.31/0.31 on 100 phantoms) of the way from
         aerated lung to that level. Fluid or a lesion at a base is denser than lung but (as
         a rule; not when its density equals the abdomen's) less dense than the abdomen, so this
         edge stays on the hemidiaphragm while the dark lung's bottom rises."""
@@ -344,7 +349,7 @@ class LiteAnatomy:
             ok = np.isfinite(g)
             if ok.sum() >= 5:
                 g0 = float(np.percentile(g[ok], 25))
-                lifted = ok & (g > g0 + max(2.0, 0.02 * w))
+                lifted = ok & (g > g0 + max(1.0, 0.01 * w))
                 y = np.where(lifted, y + g - g0, y)
         # mirrored lower envelope: at each distance from the midline the lower of the two lung
         # bottoms (fluid or a lesion raises one side's base, rarely both at the same place)
