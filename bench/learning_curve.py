@@ -107,12 +107,18 @@ def plot(curve: list[dict], results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    steps = [p["step"] for p in curve]
-    axes[0].plot(steps, [p["loss"] for p in curve], label="train loss (0.5 CE + 5 BCE + Dice + presence BCE)")
+    logged = [p for p in curve if "loss" in p]
+    axes[0].plot([p["step"] for p in logged], [p["loss"] for p in logged], label="train loss (weighted CE + BCE + Dice + presence BCE)")
     axes[0].set_xlabel("step")
     axes[0].set_yscale("log")
-    axes[0].legend(fontsize=8)
     axes[0].set_title("ils train (tiny, demo config)")
+    val = [p for p in curve if p.get("val_giou", -1) >= 0]
+    if val:
+        ax2 = axes[0].twinx()
+        ax2.plot([p["step"] for p in val], [p["val_giou"] for p in val], "o-", c="C3", label="val gIoU (ungated, 128 val pairs)")
+        ax2.set_ylim(0, 1)
+        ax2.legend(fontsize=8, loc="center right")
+    axes[0].legend(fontsize=8)
     names, vals = [], []
     for target in ("ilsgen", "truth"):
         rep = results.get(target)
@@ -145,9 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-log", default=None, help="log of an earlier `ils train` (with --skip-train)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("overrides", nargs="*", help="config overrides for `ils train`")
+    ap.add_argument("--plot-only", action="store_true", help="redraw learning.png from learning.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
+    if args.plot_only:
+        doc = json.loads((out / "learning.json").read_text())
+        plot(doc["curve"], doc["results"], out / "learning.png")
+        return doc
     tmp = out / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     ils = str(Path(sys.executable).with_name("ils"))

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     data_uri = f"{work}/run"
 
     # -- plain torch ---------------------------------------------------------------------------
+    # same thread count as the Ray Train worker (Ray sets OMP threads to the worker's CPUs)
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     t0 = time.perf_counter()
     comps = rosalia_components(cfg, data_uri)
     engine = TorchEngine(comps.model, cfg.train.lr, cfg.train.warmup_steps, args.steps, cfg.train.grad_clip)
