@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(cfg0)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     url = f"http://127.0.0.1:{args.port}"
-    result: dict = {"levels": args.levels, "duration_s": args.duration, "image_size": args.image_size,
+    result: dict = {"command": "python bench/serve_load.py " + " ".join(sys.argv[1:]), "levels": args.levels, "duration_s": args.duration, "image_size": args.image_size,
                     "host": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "modes": {}}
     try:
         for mode, (bs, wait) in {"batched": (args.batch, args.wait), "batch-1": (1, 0.0)}.items():

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--studies", type=int, default=24)
     ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--note", default="machine shared with other jobs while measured (2 cores); expect noise")
+    ap.add_argument("--note", default="", help="free text stored with the result (e.g. what else ran on the machine)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         "overhead_fraction": overhead, "target_overhead_fraction": 0.10, "meets_target": overhead <= 0.10,
         "torch": torch.__version__, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "load_average": os.getloadavg(), "note": args.note,
-        "command": "python bench/train_overhead.py " + " ".join(argv or []),
+        "command": "python bench/train_overhead.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
