@@ -22,7 +22,7 @@ import re
 import shlex
 import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jsonschema
 import pytest

@@ -126,11 +126,11 @@ def positive_sentence(p: Plan, rng: np.random.Generator) -> tuple[str, list[tupl
         if tent:
             s = _pick(rng, [
                 f"Possible {size} {side} pleural {plural}.",
-                f"A {size} {side} pleural {plural} cannot be excluded." if not both else f"Small bilateral pleural effusions cannot be excluded.",
+                f"A {size} {side} pleural {plural} cannot be excluded." if not both else "Small bilateral pleural effusions cannot be excluded.",
                 f"Blunting of the {'costophrenic angles' if both else side + ' costophrenic angle'} may represent a small {'effusion' if not both else 'bilateral effusions'}.",
             ])
         elif size == "small" and rng.random() < 0.35:
-            s = (f"Blunting of both costophrenic angles consistent with small bilateral pleural effusions." if both
+            s = ("Blunting of both costophrenic angles consistent with small bilateral pleural effusions." if both
                  else f"Blunting of the {side} costophrenic angle consistent with a small pleural effusion.")
         else:
             s = _pick(rng, [

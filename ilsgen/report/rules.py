@@ -11,7 +11,6 @@ are dropped. Rows stay one per mention (as the FINDING schema and SPEC section 2
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import warnings
 from typing import Any
