@@ -94,15 +94,8 @@ def init_ray(cfg: "Config | None" = None, **kwargs):
     else:
         opts["address"] = address
     opts.update(kwargs)
-    if address is None and os.environ.get("ILS_OWN_RAY_ADDRESS") == os.environ.get("RAY_ADDRESS"):
-        os.environ.pop("RAY_ADDRESS", None)  # left over from a local Ray this process shut down
     log.info("starting Ray (%s)", "local, loopback only" if address is None else address)
     ray.init(**opts)
-    if address is None:
-        # Helper processes Ray Train starts (e.g. its placement-group cleaner) look for "the"
-        # local cluster; with several on one machine they must be told which one is ours.
-        gcs = ray.get_runtime_context().gcs_address
-        os.environ["RAY_ADDRESS"] = os.environ["ILS_OWN_RAY_ADDRESS"] = gcs
     return ray
 
 
