@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 HELP = "run the embedded main job: sample -> gen -> export -> gen-eval -> train -> eval -> serve a request"
@@ -31,6 +32,7 @@ def _serve_one_request(cfg, checkpoint_uri: str) -> dict:
     import uuid
 
     from ils.store import Store
+    from ils.templates import instruction as make_instruction
     from ilsgen.manifest import read_manifest
     from serve.app import start_service
 
@@ -40,7 +42,6 @@ def _serve_one_request(cfg, checkpoint_uri: str) -> dict:
     present = [f for f in truth if f["present"] and f["locations"]]
     study = next((s for s in manifest if s["split"] == "test" and any(f["study_id"] == s["study_id"] for f in present)), manifest[0])
     finding = next((f for f in present if f["study_id"] == study["study_id"]), None)
-    from ils.templates import instruction as make_instruction
 
     text = make_instruction("basic", finding["lesion"], finding["locations"]) if finding else "Segment the effusion in the left lung base."
     image = store.read_bytes(study["image_uri"])
@@ -54,7 +55,7 @@ def _serve_one_request(cfg, checkpoint_uri: str) -> dict:
             "Content-Type: application/dicom\r\n\r\n"
         ).encode() + image + f"\r\n--{boundary}--\r\n".encode()
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        keys = [k for k in (__import__("os").environ.get("ILS_API_KEYS") or "").split(",") if k]
+        keys = [k for k in (os.environ.get("ILS_API_KEYS") or "").split(",") if k]
         if keys:
             headers["Authorization"] = f"Bearer {keys[0]}"
         req = urllib.request.Request(f"{handle.url}/v1/segment", data=body, headers=headers, method="POST")
