@@ -159,11 +159,15 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
     if gen.layout != "stages":
         raise UserError(f"gen.layout must be 'stages' or 'fused', not {gen.layout!r}")
     args = {"fn_constructor_args": (cfg,)}
-    ds = ds.map_batches(DecodeStep, **common, **args, **_actor_opts(gen.decode))
+
+    def sized(stage) -> dict:  # each stage's own batch size (GPU stages batch more)
+        return {**common, "batch_size": max(1, stage.batch_size)}
+
+    ds = ds.map_batches(DecodeStep, **sized(gen.decode), **args, **_actor_opts(gen.decode))
     ds = ds.map_batches(ReportStep, **common, **args, **_actor_opts(gen.report))
-    ds = ds.map_batches(AnatomyStep, **common, **args, **_actor_opts(gen.anatomy))
-    ds = ds.map_batches(AnomalyStep, **common, fn_constructor_args=(cfg, anomaly_state), **_actor_opts(gen.anomaly))
-    ds = ds.map_batches(DetectStep, **common, **args, **_actor_opts(gen.detect))
+    ds = ds.map_batches(AnatomyStep, **sized(gen.anatomy), **args, **_actor_opts(gen.anatomy))
+    ds = ds.map_batches(AnomalyStep, **sized(gen.anomaly), fn_constructor_args=(cfg, anomaly_state), **_actor_opts(gen.anomaly))
+    ds = ds.map_batches(DetectStep, **sized(gen.detect), **args, **_actor_opts(gen.detect))
     ds = ds.map_batches(FuseStep, **common, fn_constructor_args=(cfg, run_uri), num_cpus=gen.task_num_cpus,
                         compute=ray.data.ActorPoolStrategy(size=max(1, gen.fuse_concurrency)))
     ds = ds.map_batches(WriteStep, **common, fn_constructor_args=(cfg, run_uri), num_cpus=gen.task_num_cpus,

@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 
-#: Columns that hold per-study objects (JSON text) rather than arrays.
-OBJECT_COLUMNS = ("findings", "boxes", "masks", "pairs")
-
 
 def _objects(values: list) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
