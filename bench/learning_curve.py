@@ -8,6 +8,8 @@ Steps (each command is recorded in the JSON):
    from the phantoms' ground truth (truth/findings.parquet, truth/masks.parquet + PNGs,
    truth/anatomy bit maps), written as a run folder; then `ils eval` on it. These are the
    numbers "against phantom ground truth".
+4. The label ceiling (`label_ceiling`): ilsgen's own masks scored against the same truth pairs,
+   the most a model that imitates its training labels can reach.
 Writes bench/results/learning.json and bench/results/learning.png.
 
     python bench/learning_curve.py --store /tmp/learn --phantoms phantoms [--train-log LOG --skip-train]
@@ -64,6 +66,48 @@ def build_truth_run(phantoms_uri: str, out_uri: str, split: str | None = "test",
         rows += pairs
     out.write_parquet("pairs/part-0.parquet", conform(rows, PAIR))
     return len(rows)
+
+
+def label_ceiling(truth_uri: str, gen_uri: str) -> dict:
+    """How well ilsgen's own masks answer the truth pairs: the score of a model that imitated
+    its training labels perfectly (an upper bound for a model trained on them).
+
+    For every truth pair the "prediction" is the union of the ilsgen masks of the pair's lesion
+    in that study whose grounded locations meet the pair's locations (every mask of the lesion
+    for a global pair); positives give gIoU/cIoU, negatives N-Acc (no such mask = correct)."""
+    import numpy as np
+
+    from ils.store import Store
+    from ilsgen.verify import expand
+    from rosalia.metrics import inter_union, summarize
+
+    truth, gen = Store(truth_uri), Store(gen_uri)
+    pairs = truth.read_parquet("pairs").to_pylist()
+    by_study: dict[tuple[str, str], list[dict]] = {}
+    for m in gen.read_parquet("mask_index").to_pylist():
+        by_study.setdefault((m["study_id"], m["lesion"]), []).append(m)
+    records = []
+    for p in pairs:
+        want = None if p["type"] == "global" else expand(p["locations"] or ["lung"])
+        chosen = [m for m in by_study.get((p["study_id"], p["lesion"]), [])
+                  if want is None or want & expand(m["grounded_locations"] or [])]
+        rec = {"presence": bool(p["presence"] and p["seg"]), "target": p["target"], "type": p["type"]}
+        if rec["presence"]:
+            target = truth.read_png(p["seg_mask_path"]) > 127
+            pred = np.zeros_like(target)
+            for m in chosen:
+                arr = gen.read_png(m["mask_uri"]) > 127
+                if arr.shape != pred.shape:
+                    raise SystemExit(f"{m['mask_uri']}: mask {arr.shape} vs truth {pred.shape}; use the same image.size")
+                pred |= arr
+            rec["labels_inter"], rec["labels_union"] = inter_union(pred, target)
+        else:
+            rec["labels_empty"] = not chosen
+        records.append(rec)
+    out = {"overall": summarize(records, "labels"), "per_lesion": {}}
+    for lesion in sorted({r["target"] for r in records}):
+        out["per_lesion"][lesion] = summarize([r for r in records if r["target"] == lesion], "labels")
+    return out
 
 
 def parse_curve(text: str) -> list[dict]:
@@ -189,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[target] = {**overall(report), "eval_seconds": round(eval_s, 1), "n_samples": report["n_samples"],
                            "cleanup": report.get("cleanup")}
         commands[f"eval_{target}"] = " ".join(cmd[1:])
+    ceiling = label_ceiling(truth_run, str(Path(args.store) / args.data))
+    log.info("label ceiling (ilsgen masks scored against the truth pairs): %s", ceiling["overall"])
     doc = {
         "what": "tiny ROSALIA trained by `ils train` (demo config configs/local.yaml) on ilsgen-regenerated phantom "
                 "studies; scored on the held-out test-split studies. 'ilsgen': targets = ilsgen pairs/masks; "
@@ -202,6 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
         "truth_pairs": n_truth,
         "targets": {"gIoU": 0.7, "cIoU": 0.85, "N-Acc": 0.8},
         "results": results,
+        "label_ceiling": {"what": "ilsgen's own masks scored as predictions against the truth pairs (test split): "
+                                  "what a model that imitated its training labels perfectly would reach",
+                          **ceiling},
         "curve": curve,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_end": os.getloadavg()},
     }

@@ -218,6 +218,36 @@ def test_ray_train_killed_run_resumes_exactly(ray_local, s3_bucket, tmp_path, mo
     assert torch.equal(exported["frozen.weight"], ref_weights["frozen.weight"])
 
 
+@pytest.mark.parametrize("deepspeed", [False, True], ids=["ddp", "deepspeed-zero2"])
+def test_ray_train_two_workers_split_each_global_batch(ray_local, tmp_path, monkeypatch, deepspeed):
+    """Two Ray Train workers (gloo on CPU; DDP or a DeepSpeed ZeRO-2 engine) train together:
+    every step's global batch is split between the ranks, none repeated, none skipped, and
+    both ranks write their part of every checkpoint."""
+    import io
+
+    from ils.store import Store
+    from rosalia.train import TRACE_ENV, fit
+
+    _register_double()
+    steps = 6
+    cfg = _cfg(f"store.uri={tmp_path / 'store'}", f"train.max_steps={steps}", "train.num_workers=2",
+               f"train.deepspeed={str(deepspeed).lower()}", f"train.name=two-{deepspeed}")
+    monkeypatch.setenv(TRACE_ENV, str(tmp_path))
+    summary = fit(cfg, "synthetic://n=40", "exported", factory=double_components)
+    assert summary["final_metrics"]["step"] == steps
+    r0, r1 = _read_trace(tmp_path, 0), _read_trace(tmp_path, 1)
+    assert [s for s, _ in r0] == [s for s, _ in r1] == list(range(steps))
+    plan = DoublePlan(40)
+    expected = [plan.order(0)[8 * k : 8 * k + 8] for k in range(5)] + [plan.order(1)[:8]]  # 40 samples = 5 global batches of 8
+    assert [a + b for (_, a), (_, b) in zip(r0, r1)] == expected
+    store = Store.from_config(cfg.store)
+    final = f"train-runs/two-{deepspeed}/checkpoint_{steps:08d}"
+    w = torch.load(io.BytesIO(store.read_bytes(f"{final}/trainable.pt")), weights_only=False)
+    assert torch.isfinite(w["head.2.weight"]).all()
+    names = {p.rsplit("/", 1)[-1] for p in store.list(final)}
+    assert {"rng_rank0.pt", "rng_rank1.pt"} <= names, names
+
+
 # -- benchmarks' code paths -----------------------------------------------------------------
 
 
