@@ -164,6 +164,7 @@ class ModelConfig:
     clip_size: int = 64  # CLIP input side (224 for 7b)
     hidden_size: int = 64
     num_layers: int = 2
+    sam_channels: int = 32  # tiny: SAM prompt/mask-decoder width (the final mask features have 1/8 of it)
     presence_head: bool = True  # gate masks with an explicit presence decision
     presence_threshold: float = 0.5  # mask is empty when p(present) < this
     mask_size: int = 0  # label/mask side for training and eval; 0: image_size
@@ -195,6 +196,7 @@ class TrainConfig:
     bce_weight: float = 5.0
     dice_weight: float = 1.0
     presence_weight: float = 1.0
+    global_positive_repeat: int = 1  # global positives (few, multi-instance targets) per epoch
     freeze_vision: bool = True  # freeze CLIP tower, projector, SAM image/prompt encoders (false for random tiny)
     checkpoint_every: int = 100
     eval_every: int = 200

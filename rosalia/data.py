@@ -66,6 +66,12 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def repeats(self, global_positive: int = 1) -> np.ndarray | None:
+        """Per-pair repeat counts for `EpochPlan` (global positives `global_positive` times); None when all 1."""
+        if global_positive <= 1:
+            return None
+        return np.array([global_positive if r["presence"] and r.get("type") == "global" else 1 for r in self.rows], dtype=np.int64)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         r = self.rows[i]
         mi = self.mask_index[i]
@@ -238,16 +244,19 @@ def collate_for(model) -> Callable[[list[dict]], dict]:
 class EpochPlan:
     """Deterministic 1:1 positive:negative order of one epoch, resumable at any position.
 
-    Each epoch holds every positive and as many negatives drawn at random (without replacement
-    when there are enough); positives and negatives alternate, so any even-sized batch is 1:1.
+    Each epoch holds every positive (positive i `repeats[i]` times, when given) and as many
+    negatives drawn at random (without replacement when there are enough); positives and
+    negatives alternate, so any even-sized batch is 1:1.
     The same (seed, epoch, presence) always gives the same order.
     """
 
-    def __init__(self, seed: int, epoch: int, presence: Sequence[bool]):
+    def __init__(self, seed: int, epoch: int, presence: Sequence[bool], repeats: Sequence[int] | None = None):
         self.seed, self.epoch = int(seed), int(epoch)
         pres = np.asarray(presence, dtype=bool)
         rng = np.random.default_rng([self.seed, self.epoch])
         pos, neg = np.flatnonzero(pres), np.flatnonzero(~pres)
+        if repeats is not None:  # oversampled positives appear `repeats[i]` times per epoch
+            pos = np.repeat(pos, np.maximum(1, np.asarray(repeats, dtype=np.int64)[pos]))
         pos = rng.permutation(pos)
         if len(pos) == 0 or len(neg) == 0:
             self.order = rng.permutation(np.concatenate([pos, neg]))

@@ -76,15 +76,15 @@ class Components:
 class PlanOrder:
     """`rosalia.data.EpochPlan(seed, epoch, presence)` as one index order per epoch."""
 
-    def __init__(self, seed: int, presence: Sequence[bool]):
-        self.seed, self.presence = seed, list(presence)
+    def __init__(self, seed: int, presence: Sequence[bool], repeats: Sequence[int] | None = None):
+        self.seed, self.presence, self.repeats = seed, list(presence), repeats
         self._cache: dict[int, list[int]] = {}
 
     def order(self, epoch: int) -> list[int]:
         if epoch not in self._cache:
             from rosalia.data import EpochPlan
 
-            self._cache = {epoch: [int(i) for i in EpochPlan(self.seed, epoch, self.presence).order]}
+            self._cache = {epoch: [int(i) for i in EpochPlan(self.seed, epoch, self.presence, self.repeats).order]}
         return self._cache[epoch]
 
 
@@ -113,7 +113,8 @@ def rosalia_components(cfg: Config, data_uri: str, rank: int = 0, world: int = 1
         log.warning("no validation pairs (%s): the best checkpoint is the latest", exc)
         val_set = None
     collate = collate_for(model)
-    return Components(model, train_set, collate, PlanOrder(cfg.train.seed, train_set.presence), val_set, collate, export)
+    repeats = train_set.repeats(cfg.train.global_positive_repeat)
+    return Components(model, train_set, collate, PlanOrder(cfg.train.seed, train_set.presence, repeats), val_set, collate, export)
 
 
 # -- validation -----------------------------------------------------------------------------

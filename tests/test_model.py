@@ -150,6 +150,15 @@ def test_epoch_plan_balanced_deterministic_resumable():
         assert sum(presence[i] for i in b) == 2
 
 
+def test_epoch_plan_repeats_oversampled_positives():
+    presence = [True] * 4 + [False] * 20
+    repeats = [3, 1, 1, 1] + [1] * 20
+    order = EpochPlan(0, 0, presence, repeats).order.tolist()
+    pos = [i for i in order if presence[i]]
+    assert sorted(pos) == [0, 0, 0, 1, 2, 3] and len(order) == 12  # still 1:1
+    assert EpochPlan(0, 0, presence, [1] * 24).order.tolist() == EpochPlan(0, 0, presence).order.tolist()
+
+
 def test_tiny_param_count_and_7b_shapes():
     cfg = load_config(None, [])
     tok = build_word_tokenizer()
