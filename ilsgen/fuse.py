@@ -19,9 +19,11 @@ For every present finding (reported present, definite or tentative):
   lungs is split into one instance per side (`split_sides`; the MIMIC-ILS convention that an
   instance is one connected lesion, which never crosses the mediastinum); both keep the
   finding's finding_idx.
-- effusion: as above for the boxes, but the mask (`effusion_mask`) is the anomaly above
-  EFFUSION_THRESHOLD_FACTOR x threshold over the whole reported region, components touching a
-  kept box, each column filled down to the base (a dependent layer under its meniscus).
+- effusion: as above for the boxes (R limited to the lower two zones, DEPENDENT_ZONES: fluid is
+  dependent), but the mask (`effusion_mask`) is a layer grown from the lung base: per column of
+  the reported side's lung, the lowest run of anomaly above EFFUSION_THRESHOLD_FACTOR x
+  threshold that starts near the base, filled from its top (the meniscus) down to the base;
+  stretches must meet a kept box inside R.
 Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the study) and stored at
 `masks/{study}/{mask_id}.png` relative to the run root (`mask_uri`). Grounded locations are
 filled in by `ilsgen.verify.grounded_locations`.
@@ -112,31 +114,63 @@ def lesion_mask(region_lung: np.ndarray, anomaly: np.ndarray, kept: Sequence[Box
 EFFUSION_THRESHOLD_FACTOR = 0.8
 
 
-def effusion_mask(region: np.ndarray, anomaly: np.ndarray, kept: Sequence[Box], cfg: FuseConfig) -> np.ndarray:
-    """Effusion: a dependent layer, homogeneous but fainter where it thins towards the
-    mediastinum and the meniscus, so the anomaly is thresholded more tolerantly
-    (EFFUSION_THRESHOLD_FACTOR of cfg.anomaly_threshold) over the whole reported region (the
-    base of the reported side), not only inside the kept boxes; kept components must touch a
-    kept box (the evidence), small ones are dropped; each column is then filled from the
-    layer's upper surface down to the region's base (fluid is dependent)."""
+#: Where an effusion reported only by side ("right effusion", "bilateral effusions") is looked
+#: for: the lower two zones of each lung (fluid is dependent on an upright frontal film).
+DEPENDENT_ZONES = ["right lung base", "left lung base", "right mid zone lung", "left mid zone lung"]
+
+#: Effusion: the dense run that makes up the layer may start this far (fraction of the image)
+#: above a column's lowest lung pixel (the anomaly model is blind right at the base).
+EFFUSION_BASE_GAP = 0.08
+
+
+def effusion_mask(region: np.ndarray, anomaly: np.ndarray, kept: Sequence[Box], cfg: FuseConfig,
+                  lung: np.ndarray | None = None) -> np.ndarray:
+    """Effusion: a dependent layer under a meniscus, found from the lung base upwards.
+
+    Fluid is homogeneous but fainter where it thins towards the mediastinum and the meniscus,
+    so the anomaly is thresholded more tolerantly (EFFUSION_THRESHOLD_FACTOR of
+    cfg.anomaly_threshold). In every column of `lung` (the lung of the reported side; default
+    `region`) the layer is the lowest run of dense pixels that starts within EFFUSION_BASE_GAP
+    of the column's lowest lung pixel (gaps under 1.5% of the image bridged), filled from its
+    top (the meniscus) down to the base: fluid lies on the diaphragm, so a dense patch higher
+    up, separated from the base by aerated lung, is not fluid. The meniscus is median-smoothed
+    along the columns; only stretches that meet a kept box (the evidence) inside the reported
+    region are kept, small ones dropped."""
     h, w = anomaly.shape
+    lung = region if lung is None else lung
+    hot = (anomaly >= EFFUSION_THRESHOLD_FACTOR * cfg.anomaly_threshold) & lung
     in_boxes = np.zeros((h, w), bool)
     for b in kept:
         in_boxes[max(0, int(b.y0)) : min(h, int(np.ceil(b.y1))), max(0, int(b.x0)) : min(w, int(np.ceil(b.x1)))] = True
-    m = (anomaly >= EFFUSION_THRESHOLD_FACTOR * cfg.anomaly_threshold) & region
-    m = ndi.binary_fill_holes(m)
+    cols = np.flatnonzero(hot.any(axis=0))
+    if cols.size == 0:
+        return np.zeros((h, w), bool)
+    gap, base_gap = max(1, int(0.015 * h)), max(2, int(EFFUSION_BASE_GAP * h))
+    bridged = ndi.binary_closing(hot, structure=np.ones((2 * gap + 1, 1), bool)) & lung
+    bottom = h - 1 - lung[::-1, cols].argmax(axis=0)
+    top = np.full(cols.size, -1)
+    for k, (c, b) in enumerate(zip(cols, bottom)):
+        col = bridged[: b + 1, c][::-1]  # from the base upwards
+        near = col[: base_gap + 1]
+        if not near.any():
+            continue
+        first = int(near.argmax())
+        cold = np.flatnonzero(~col[first:])
+        run = int(cold[0]) if cold.size else col.size - first
+        top[k] = b - first - run + 1
+    ok = top >= 0
+    if not ok.any():
+        return np.zeros((h, w), bool)
+    sm = ndi.median_filter(top[ok].astype(float), size=max(3, int(0.02 * w)) | 1, mode="nearest")
+    m = np.zeros((h, w), bool)
+    rows = np.arange(h)[:, None]
+    m[:, cols[ok]] = (rows >= sm[None, :]) & lung[:, cols[ok]]
     lab, n = ndi.label(m)
     if n:
         sizes = ndi.sum(m, lab, index=np.arange(1, n + 1))
-        touch = ndi.maximum(in_boxes, lab, index=np.arange(1, n + 1))
-        drop = np.flatnonzero((sizes < cfg.min_component_frac * h * w) | ~touch.astype(bool)) + 1
+        touch = ndi.maximum(in_boxes & region, lab, index=np.arange(1, n + 1)).astype(bool)
+        drop = np.flatnonzero((sizes < cfg.min_component_frac * h * w) | ~touch) + 1
         m[np.isin(lab, drop)] = False
-    # dependent: below its upper surface (the meniscus) the layer fills the column to the base
-    if m.any():
-        cols = np.flatnonzero(m.any(axis=0))
-        first = m[:, cols].argmax(axis=0)
-        rows = np.arange(h)[:, None]
-        m[:, cols] |= (rows >= first[None, :]) & region[:, cols]
     return m
 
 
@@ -203,11 +237,13 @@ def fuse_study(
             score = 1.0
         else:
             region = region_of(bits, locs)
+            if lesion == "effusion":  # pleural fluid collects at the base (upright film)
+                region &= region_of(bits, DEPENDENT_ZONES)
             kept = keep_boxes(boxes, region, anomaly, lesion, cfg)
             if not kept:
                 continue
             if lesion == "effusion":
-                mask = effusion_mask(region, anomaly, kept, cfg)
+                mask = effusion_mask(region, anomaly, kept, cfg, lung_of_sides(bits, locs))
             else:
                 mask = lesion_mask(lung_of_sides(bits, locs), anomaly, kept, cfg)
             score = float(np.mean([b.score for b in kept]))

@@ -137,3 +137,22 @@ def test_bilateral_finding_gives_one_instance_per_side():
     assert len(glob) == 1 and glob[0]["seg_mask_path"] in new  # the global pair points at the union
     union = sum((arrays[r["mask_uri"]] > 0).sum() for r in rows)  # effusion fills to the base
     assert union >= 2 * 15 * 20 and (new[glob[0]["seg_mask_path"]] > 0).sum() == union
+
+
+def test_effusion_is_the_dependent_layer_grown_from_the_base():
+    """A dense layer over the base (blind in its last rows, as the anomaly model is) becomes the
+    mask down to the lung's bottom; a dense patch higher up, separated from it by aerated lung,
+    does not join it."""
+    from ilsgen.fuse import effusion_mask
+
+    n = 200
+    lung = np.zeros((n, n), bool)
+    lung[40:160, 20:90] = True
+    anomaly = np.zeros((n, n), np.float32)
+    anomaly[125:155, 20:90] = 0.9  # the layer; rows 155-159 (the base) read as normal
+    anomaly[60:80, 40:70] = 0.9  # a consolidation higher up
+    box = Box(20, 60, 90, 160, 0.9)
+    m = effusion_mask(lung, anomaly, [box], FuseConfig(), lung)
+    assert m[125:160, 20:90].all()  # meniscus to the base
+    assert not m[:124].any()  # nothing above the meniscus, the upper patch left out
+    assert not effusion_mask(lung, anomaly, [Box(150, 150, 190, 190, 0.9)], FuseConfig(), lung).any()  # no evidence

@@ -29,6 +29,7 @@ def facts(backend, text: str) -> set[tuple]:
     ("Moderate cardiomegaly.", {("cardiomegaly", True, "definite", ("heart",))}),
     ("The cardiac silhouette is mildly enlarged.", {("cardiomegaly", True, "definite", ("heart",))}),
     ("Heart size is enlarged.", {("cardiomegaly", True, "definite", ("heart",))}),
+    ("The heart is likely mildly enlarged.", {("cardiomegaly", True, "tentative", ("heart",))}),  # hedge inside the phrase
     ("Heart size is normal.", {("cardiomegaly", False, None, ("heart",))}),
     ("Small left pleural effusion.", {("effusion", True, "definite", ("left lung",))}),
     ("Bilateral effusions.", {("effusion", True, "definite", ("lung",))}),

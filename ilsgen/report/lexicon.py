@@ -21,7 +21,7 @@ statement (the lesion is absent).
 from __future__ import annotations
 
 _DEG = r"(?:(?:very |only )?(?:mild(?:ly)?|moderate(?:ly)?|marked(?:ly)?|severe(?:ly)?|slight(?:ly)?|minimal(?:ly)?|substantial(?:ly)?|massive(?:ly)?|borderline|top[- ]normal to|at least|again|still|now|newly) )*"
-_BE = r"(?:(?:is|are|appears?|remains?|seems?|looks?)(?: to be)? )?"
+_BE = r"(?:(?:is|are|appears?|remains?|seems?|looks?)(?: to be)? )?(?:(?:likely|probably|possibly|perhaps|questionably) )?"
 
 LESION_PATTERNS: list[tuple[str, str]] = [
     ("cardiomegaly", r"cardiomegaly"),
