@@ -5,14 +5,15 @@ Steps (each command is recorded in the JSON):
    output is kept and parsed into a learning curve (training loss and samples/s per logged step).
 2. `ils eval` on the `test` split of the ilsgen run: targets are ilsgen's masks and pairs.
 3. A TRUTH run: the test-split phantom studies turned into pairs by `ilsgen.pairs.make_pairs`
-   from the phantoms' ground truth (truth/findings.parquet, truth/masks.parquet + PNGs,
-   truth/anatomy bit maps), written as a run folder; then `ils eval` on it. These are the
+   from the phantoms' ground truth (`ils truth-pairs`, `ils.phantom.truth_pairs`), written as a
+   run folder; then `ils eval` on it. These are the
    numbers "against phantom ground truth".
 4. The label ceiling (`label_ceiling`): ilsgen's own masks scored against the same truth pairs,
    the most a model that imitates its training labels can reach.
 Writes bench/results/learning.json and bench/results/learning.png.
 
-    python bench/learning_curve.py --store /tmp/learn --phantoms phantoms [--train-log LOG --skip-train]
+    python bench/learning_curve.py --store /tmp/learn --make-data 1200 5     # sample + gen + train + eval
+    python bench/learning_curve.py --store /tmp/learn [--phantoms DIR] [--train-log LOG --skip-train]
 """
 
 from __future__ import annotations
@@ -35,37 +36,11 @@ _METRICS = re.compile(r"(\{'step': \d+.*?\})")
 
 
 def build_truth_run(phantoms_uri: str, out_uri: str, split: str | None = "test", seed: int = 0) -> int:
-    """Write a run folder of PAIR rows built from the phantom ground truth of one split (None: all); returns #pairs."""
-    import numpy as np
-
-    from ils.config import PairConfig
-    from ils.schema import PAIR, conform
+    """Write a run folder of PAIR rows built from the phantom ground truth (`ils truth-pairs`)."""
+    from ils.phantom.truth_pairs import write_truth_run
     from ils.store import Store
-    from ilsgen.pairs import make_pairs
 
-    ph, out = Store(phantoms_uri), Store(out_uri)
-    studies = [s for s in ph.read_parquet("manifest.parquet").to_pylist() if split is None or s.get("split") == split]
-    findings = ph.read_parquet("truth/findings.parquet").to_pylist()
-    masks = ph.read_parquet("truth/masks.parquet").to_pylist()
-    rows: list[dict] = []
-    for st in studies:
-        sid = st["study_id"]
-        st = dict(st, image_uri=ph.uri(st["image_uri"]) if "://" not in st["image_uri"] and not st["image_uri"].startswith("/") else st["image_uri"])
-        fs = [f for f in findings if f["study_id"] == sid]
-        ms = [dict(m, grounded_locations=list(m.get("grounded_locations") or []), reported_locations=list(m.get("reported_locations") or []))
-              for m in masks if m["study_id"] == sid]
-        arrays = {m["mask_uri"]: ph.read_png(f"truth/{m['mask_uri']}") for m in ms}
-        for m in ms:  # the run folder holds its own copy of the target masks
-            out.write_png(f"truth-{m['mask_uri']}", arrays[m["mask_uri"]])
-        arrays = {f"truth-{k}": v for k, v in arrays.items()}
-        ms = [dict(m, mask_uri=f"truth-{m['mask_uri']}") for m in ms]
-        bits = ph.read_png(f"truth/anatomy/{sid}.png")
-        pairs, new = make_pairs(st, fs, ms, arrays, bits, PairConfig(seed=seed))
-        for path, arr in new.items():
-            out.write_png(path, np.asarray(arr, dtype=np.uint8))
-        rows += pairs
-    out.write_parquet("pairs/part-0.parquet", conform(rows, PAIR))
-    return len(rows)
+    return write_truth_run(Store(phantoms_uri), Store(out_uri), split, seed)
 
 
 def label_ceiling(truth_uri: str, gen_uri: str) -> dict:
@@ -108,6 +83,12 @@ def label_ceiling(truth_uri: str, gen_uri: str) -> dict:
     for lesion in sorted({r["target"] for r in records}):
         out["per_lesion"][lesion] = summarize([r for r in records if r["target"] == lesion], "labels")
     return out
+
+
+def _count_studies(phantoms: str) -> int:
+    from ils.store import Store
+
+    return Store(str(Path(phantoms).resolve())).read_parquet("manifest.parquet").num_rows
 
 
 def parse_curve(text: str) -> list[dict]:
@@ -188,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="/tmp/learn", help="store.uri of the run (holds gen/)")
     ap.add_argument("--data", default="gen", help="ilsgen run, relative to the store")
-    ap.add_argument("--phantoms", default="phantoms", help="phantom folder written by `ils sample` (has truth/)")
+    ap.add_argument("--phantoms", default=None, help="phantom folder written by `ils sample` (has truth/); default STORE/phantoms")
+    ap.add_argument("--make-data", nargs=2, type=int, metavar=("N", "SEED"), default=None,
+                    help="first write N phantom studies (`ils sample --n N --seed SEED`) and regenerate them (`ils gen`) in the store")
     ap.add_argument("--name", default="rosalia-learning", help="train.name (Ray Train run name)")
     ap.add_argument("--ckpt", default="ckpt-learning", help="exported checkpoint, relative to the store")
     ap.add_argument("--skip-train", action="store_true", help="reuse --train-log and --ckpt")
@@ -207,6 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
     tmp.mkdir(parents=True, exist_ok=True)
     ils = str(Path(sys.executable).with_name("ils"))
     store = f"store.uri={args.store}"
+    phantoms = args.phantoms or str(Path(args.store) / "phantoms")
+    data_commands: list[str] = []
+    if args.make_data:
+        n, seed = args.make_data
+        for cmd in ([ils, "sample", "--n", str(n), "--seed", str(seed), "--out", "phantoms", store],
+                    [ils, "gen", "--input", str(Path(phantoms) / "manifest.parquet"), "--out", args.data, store]):
+            run(cmd, tmp / f"learning_{cmd[1]}.log")
+            data_commands.append(" ".join(cmd[1:]))
     train_cmd = [ils, "train", "--data", args.data, "--out", args.ckpt, store, f"train.name={args.name}", *args.overrides]
     if args.skip_train:
         text, train_s = Path(args.train_log).read_text(), None
@@ -224,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {}
     commands = {"train": " ".join(train_cmd[1:])}
     truth_run = str(Path(args.store) / "truth-test")
-    n_truth = build_truth_run(str(Path(args.phantoms).resolve()), truth_run, "test")
+    n_truth = build_truth_run(str(Path(phantoms).resolve()), truth_run, "test")
     for target, data in (("ilsgen", str(Path(args.store) / args.data)), ("truth", truth_run)):
         eval_out = str(Path(args.store) / f"eval-learning-{target}")
         cmd = [ils, "eval", "--checkpoint", ckpt, "--data", data, "--out", eval_out, "--split", "test", store]
@@ -240,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "studies; scored on the held-out test-split studies. 'ilsgen': targets = ilsgen pairs/masks; "
                 "'truth': pairs built by ilsgen.pairs.make_pairs from the phantom ground truth (findings + masks). "
                 "gated = mask emptied when the presence head says absent; ungated = SPEC section 4 teacher-forced protocol.",
-        "data_commands": ["ils sample --n 400 --seed 3 --out phantoms store.uri=/tmp/learn",
-                          "ils gen --engine plain --input /work/main/phantoms/manifest.parquet --out gen store.uri=/tmp/learn"],
+        "data_commands": data_commands or [f"(existing) phantoms at {phantoms}, ilsgen run at {args.store}/{args.data}"],
+        "n_studies": _count_studies(phantoms),
         "commands": commands,
         "train_seconds_wall": round(train_s, 1) if train_s else None,
         "train_summary": summary,

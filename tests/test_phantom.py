@@ -201,3 +201,40 @@ def test_sizes_that_are_not_a_power_of_two_render(size):
     study = generate_study(1, 0, SampleConfig(size=size), truth_size=64)
     assert study.image.shape == (size, size)
     assert 0.0 <= float(study.image.min()) and float(study.image.max()) <= 1.0
+
+
+def test_cli_truth_pairs_use_the_truth_masks(tmp_path, capsys):
+    """`ils truth-pairs` turns the phantoms' ground truth into pairs `ils eval` can read: every
+    positive points at a copy of a truth mask (or the union of the study's truth masks of that
+    lesion), every negative names a lesion the truth says is absent there."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from ils.cli import main
+    from ils.store import Store
+
+    store = f"store.uri={tmp_path}"
+    assert main(["sample", "--n", "12", "--seed", "4", "--out", "ph", store, "sample.test_fraction=0.5"] + SMALL) == 0
+    capsys.readouterr()
+    assert main(["truth-pairs", "--phantoms", "ph", "--out", "tt", "--split", "all", store]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pairs"] > 0
+    pairs = pq.read_table(tmp_path / "tt" / "pairs").to_pylist()
+    truth = pq.read_table(tmp_path / "ph" / "truth" / "masks.parquet").to_pylist()
+    findings = pq.read_table(tmp_path / "ph" / "truth" / "findings.parquet").to_pylist()
+    ph, tt = Store(str(tmp_path / "ph")), Store(str(tmp_path / "tt"))
+    positives = [p for p in pairs if p["presence"] and p["seg"]]
+    assert positives and any(not p["presence"] for p in pairs)
+    for p in positives:
+        target = tt.read_png(p["seg_mask_path"]) > 127
+        union = np.zeros_like(target)
+        for m in truth:
+            if m["study_id"] == p["study_id"] and m["lesion"] == p["lesion"]:
+                union |= ph.read_png(f"truth/{m['mask_uri']}") > 127
+        assert target.any() and not (target & ~union).any()  # part of (or all of) the truth masks
+    present = {(f["study_id"], f["lesion"]) for f in findings if f["present"]}
+    for p in pairs:
+        if not p["presence"] and p["type"] == "global":
+            assert (p["study_id"], p["lesion"]) not in present
+    assert main(["truth-pairs", "--phantoms", "ph", "--out", "t2", store]) == 0  # default split: test
+    assert {p["split"] for p in pq.read_table(tmp_path / "t2" / "pairs").to_pylist()} == {"test"}

@@ -1,8 +1,9 @@
 """`ils demo`: the embedded main job, end to end on one machine.
 
 sample (synthetic phantom studies) -> gen (Ray Data) -> export (MIMIC-ILS) -> gen-eval (quality
-against the phantoms' ground truth) -> train (Ray Train, tiny model) -> eval -> serve one real
-request. Each step is the same subcommand a user would type, with the same --config and
+against the phantoms' ground truth) -> train (Ray Train, tiny model) -> eval (against ilsgen's
+test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth)
+-> serve one real request. Each step is the same subcommand a user would type, with the same --config and
 overrides, so the demo is also a check that the README's commands work.
 """
 
@@ -13,13 +14,13 @@ import logging
 import os
 import time
 
-HELP = "run the embedded main job: sample -> gen -> export -> gen-eval -> train -> eval -> serve a request"
+HELP = "run the embedded main job: sample -> gen -> export -> gen-eval -> train -> eval (ilsgen + truth pairs) -> serve a request"
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,train,eval,serve)")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,train,eval,truth-pairs,eval-truth,serve)")
 
 
 def _banner(step: str) -> None:
@@ -88,6 +89,8 @@ def run(args, cfg) -> int:
         ("gen-eval", ["gen-eval", "--run", run_uri, "--truth", "phantoms/truth"]),
         ("train", ["train", "--data", run_uri, "--out", ckpt]),
         ("eval", ["eval", "--checkpoint", ckpt, "--data", run_uri, "--out", eval_out]),
+        ("truth-pairs", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test", "--split", "test"]),
+        ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", f"{eval_out}-truth", "--split", "test"]),
     ]
     for name, argv in steps:
         if name in skip:

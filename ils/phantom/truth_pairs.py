@@ -1,0 +1,56 @@
+"""Instruction-answer pairs made from the phantoms' ground truth (what a perfect ilsgen would write).
+
+    write_truth_run(phantoms: Store, out: Store, split="test", seed=0) -> int   # number of pairs
+
+For every study of `split` (None: all) in the folder `ils sample` wrote, the truth findings,
+masks and anatomy bit map go through the same `ilsgen.pairs.make_pairs` that ilsgen uses, so the
+pairs have ilsgen's templates, types and negatives; the run folder (`pairs/part-0.parquet`, its
+own copy of the target masks under `truth-masks/`, union masks under `masks/`) is what
+`ils eval --data` reads. Scoring a model on it gives its figures "against phantom ground truth".
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import numpy as np
+
+from ils.store import Store
+
+
+def _absolute(ph: Store, uri: str) -> str:
+    return uri if "://" in uri or posixpath.isabs(uri) else ph.uri(uri)
+
+
+def write_truth_run(ph: Store, out: Store, split: str | None = "test", seed: int = 0) -> int:
+    """Write the truth pairs of one split of the phantoms in `ph` into the run folder `out`."""
+    from ils.config import PairConfig
+    from ils.schema import PAIR, conform
+    from ilsgen.pairs import make_pairs
+
+    studies = [s for s in ph.read_parquet("manifest.parquet").to_pylist() if split is None or s.get("split") == split]
+    findings: dict[str, list[dict]] = {}
+    for f in ph.read_parquet("truth/findings.parquet").to_pylist():
+        findings.setdefault(f["study_id"], []).append(f)
+    masks: dict[str, list[dict]] = {}
+    for m in ph.read_parquet("truth/masks.parquet").to_pylist():
+        masks.setdefault(m["study_id"], []).append(
+            dict(m, grounded_locations=list(m.get("grounded_locations") or []), reported_locations=list(m.get("reported_locations") or [])))
+    rows: list[dict] = []
+    for st in studies:
+        sid = st["study_id"]
+        st = dict(st, image_uri=_absolute(ph, st["image_uri"]))
+        ms = masks.get(sid, [])
+        arrays = {}
+        for m in ms:  # the run folder holds its own copy of the target masks
+            arr = ph.read_png(f"truth/{m['mask_uri']}")
+            out.write_png(f"truth-{m['mask_uri']}", arr)
+            arrays[f"truth-{m['mask_uri']}"] = arr
+        ms = [dict(m, mask_uri=f"truth-{m['mask_uri']}") for m in ms]
+        bits = ph.read_png(f"truth/anatomy/{sid}.png")
+        pairs, new = make_pairs(st, findings.get(sid, []), ms, arrays, bits, PairConfig(seed=seed))
+        for path, arr in new.items():
+            out.write_png(path, np.asarray(arr, dtype=np.uint8))
+        rows += pairs
+    out.write_parquet("pairs/part-0.parquet", conform(rows, PAIR))
+    return len(rows)
