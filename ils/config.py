@@ -164,6 +164,7 @@ class ModelConfig:
     clip_size: int = 64  # CLIP input side (224 for 7b)
     hidden_size: int = 64
     num_layers: int = 2
+    sam_patch: int = 16  # tiny: SAM patch side (the low-res mask is 4x the image_size / sam_patch grid)
     sam_channels: int = 32  # tiny: SAM prompt/mask-decoder width (the final mask features have 1/8 of it)
     presence_head: bool = True  # gate masks with an explicit presence decision
     presence_threshold: float = 0.5  # mask is empty when p(present) < this
@@ -197,6 +198,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     presence_weight: float = 1.0
     global_positive_repeat: int = 1  # global positives (few, multi-instance targets) per epoch
+    augment: bool = False  # exposure jitter + small shifts of training images (rosalia.data.AugmentedPairs)
     freeze_vision: bool = True  # freeze CLIP tower, projector, SAM image/prompt encoders (false for random tiny)
     checkpoint_every: int = 100
     eval_every: int = 200

@@ -85,6 +85,10 @@ class PairDataset(Dataset):
             "row": r,
         }
 
+    def augmented(self, shift: float = 0.04, gamma: float = 0.2, gain: float = 0.1, offset: float = 0.05) -> "AugmentedPairs":
+        """This dataset with random photometric jitter and small shifts (training only)."""
+        return AugmentedPairs(self, shift, gamma, gain, offset)
+
     def subset(self, idx: Sequence[int]) -> "PairDataset":
         idx = list(idx)
         return PairDataset([self.rows[i] for i in idx], self.images, self.image_index[idx], self.masks,
@@ -276,6 +280,49 @@ class EpochPlan:
             if drop_last and len(chunk) < batch_size:
                 return
             yield chunk.tolist()
+
+
+class AugmentedPairs:
+    """A `PairDataset` whose items get random exposure jitter (gamma, gain, offset) and one small
+    translation shared by image and mask (up to `shift` of the side, zero-filled).
+
+    Location words stay true: zones follow the anatomy, which moves with the image. The draws
+    come from torch's global RNG, which training checkpoints save and restore, so a resumed
+    run sees the same augmented batches as an uninterrupted one."""
+
+    def __init__(self, base: PairDataset, shift: float, gamma: float, gain: float, offset: float):
+        self.base, self.shift, self.gamma, self.gain, self.offset = base, shift, gamma, gain, offset
+        self.presence, self.rows = base.presence, base.rows
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def repeats(self, global_positive: int = 1) -> np.ndarray | None:
+        return self.base.repeats(global_positive)
+
+    @staticmethod
+    def _translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        h, w = x.shape[-2:]
+        ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+        xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+        out[..., yd, xd] = x[..., ys, xs]
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        it = dict(self.base[i])
+        u = torch.rand(5)
+        img = it["image"].clamp(0, 1) ** float(np.exp((2 * u[0] - 1) * self.gamma))
+        img = img * float(1 + (2 * u[1] - 1) * self.gain) + float((2 * u[2] - 1) * self.offset)
+        img, mask = img.clamp(0, 1), it["mask"]
+        h, w = img.shape[-2:]
+        dy, dx = int(round(float(2 * u[3] - 1) * self.shift * h)), int(round(float(2 * u[4] - 1) * self.shift * w))
+        if dy or dx:
+            img = self._translate(img, dy, dx)
+            mh, mw = mask.shape[-2:]
+            mask = self._translate(mask, int(round(dy * mh / h)), int(round(dx * mw / w)))
+        it["image"], it["mask"] = img, mask
+        return it
 
 
 # -- synthetic data (tests and quick experiments) ----------------------------------------------------

@@ -114,6 +114,8 @@ def rosalia_components(cfg: Config, data_uri: str, rank: int = 0, world: int = 1
         val_set = None
     collate = collate_for(model)
     repeats = train_set.repeats(cfg.train.global_positive_repeat)
+    if cfg.train.augment:
+        train_set = train_set.augmented()
     return Components(model, train_set, collate, PlanOrder(cfg.train.seed, train_set.presence, repeats), val_set, collate, export)
 
 

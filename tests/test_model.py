@@ -8,7 +8,7 @@ import torch
 
 from ils.config import load_config
 from ils.store import Store
-from rosalia.data import EpochPlan, PairDataset, collate_for, encode_texts, synthetic_run
+from rosalia.data import AugmentedPairs, EpochPlan, PairDataset, collate_for, encode_texts, synthetic_run
 from rosalia.loss import dice_loss
 from rosalia.model import build_model, load_model, save_checkpoint, trainable_parameters
 from rosalia.model.config import ModelError, build_word_tokenizer, hf_configs, shapes_for
@@ -182,3 +182,28 @@ def test_tiny_param_count_and_7b_shapes():
     assert 6.5e9 < n7 < 7.5e9
     with pytest.raises(ModelError):
         shapes_for(load_config(None, ["model.size=13b"]).model)
+
+
+def test_augmented_pairs_shift_image_and_mask_together(run):
+    """Training augmentation: reproducible from torch's RNG, the mask moves with the image and
+    stays binary, exposure changes, texts and presence do not."""
+    ds = PairDataset.from_run(run, None, 64, 64, cache=False)
+    aug = ds.augmented(shift=0.1, gamma=0.3, gain=0.1, offset=0.05)
+    i = int(np.flatnonzero(ds.presence)[0])
+    torch.manual_seed(5)
+    a = aug[i]
+    torch.manual_seed(5)
+    b = aug[i]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    base = ds[i]
+    assert a["instruction"] == base["instruction"] and a["presence"] == base["presence"]
+    assert set(torch.unique(a["mask"]).tolist()) <= {0.0, 1.0} and a["mask"].sum() > 0
+    moved = [aug[i] for _ in range(8)]
+    assert any(not torch.equal(m["mask"], base["mask"]) for m in moved)
+    for m in moved:  # the same shift: the mask's centre of mass moves like the image's bright mass
+        ys, xs = torch.nonzero(m["mask"] > 0, as_tuple=True)
+        y0, x0 = torch.nonzero(base["mask"] > 0, as_tuple=True)
+        dy, dx = float(ys.float().mean() - y0.float().mean()), float(xs.float().mean() - x0.float().mean())
+        assert abs(dy) <= 0.1 * 64 + 1 and abs(dx) <= 0.1 * 64 + 1
+        shifted = AugmentedPairs._translate(base["mask"], int(round(dy)), int(round(dx)))
+        assert (shifted != m["mask"]).float().mean() < 0.02  # a pure translation of the target

@@ -66,6 +66,8 @@ def shapes_for(model_cfg: "ModelConfig", vocab_size: int = 0) -> Shapes:
         h = model_cfg.hidden_size
         if model_cfg.image_size % 16 or model_cfg.clip_size % 16:
             raise ModelError("tiny model: model.image_size and model.clip_size must be multiples of 16")
+        if model_cfg.sam_patch not in (4, 8, 16) or model_cfg.image_size % model_cfg.sam_patch:
+            raise ModelError("tiny model: model.sam_patch must be 4, 8 or 16 and divide model.image_size")
         if model_cfg.sam_channels < 16 or model_cfg.sam_channels % 16:
             raise ModelError("tiny model: model.sam_channels must be a multiple of 16 (at least 16)")
         return Shapes(
@@ -73,7 +75,7 @@ def shapes_for(model_cfg: "ModelConfig", vocab_size: int = 0) -> Shapes:
             text_heads=4, text_intermediate=2 * h, clip_hidden=h, clip_layers=2, clip_heads=4,
             clip_intermediate=2 * h, clip_image=model_cfg.clip_size, clip_patch=16, sam_hidden=64,
             sam_layers=2, sam_heads=2, sam_global_attn=(1,), sam_window=4, sam_image=model_cfg.image_size,
-            sam_patch=16, sam_out=model_cfg.sam_channels, sam_decoder_mlp=4 * model_cfg.sam_channels,
+            sam_patch=model_cfg.sam_patch, sam_out=model_cfg.sam_channels, sam_decoder_mlp=4 * model_cfg.sam_channels,
             sam_decoder_heads=2, vision_feature_layer=-1,
         )
     if model_cfg.size == "7b":
