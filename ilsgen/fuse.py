@@ -24,7 +24,8 @@ For every present finding (reported present, definite or tentative):
   the reported side's lung, the lowest run of anomaly above EFFUSION_THRESHOLD_FACTOR x
   threshold that starts near the base, filled from its top (the meniscus) down to the base;
   stretches must meet a kept box inside R.
-Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the study) and stored at
+Where the study has edema, the other lung lesions' masks give the edema haze back
+(`yield_to_haze`). Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the study) and stored at
 `masks/{study}/{mask_id}.png` relative to the run root (`mask_uri`). Grounded locations are
 filled in by `ilsgen.verify.grounded_locations`.
 """
@@ -174,6 +175,35 @@ def effusion_mask(region: np.ndarray, anomaly: np.ndarray, kept: Sequence[Box], 
     return m
 
 
+#: `yield_to_haze`: how far (fraction of the image) a lesion keeps haze pixels around its own
+#: part, and the share of its mask that must lie outside the haze for the rule to apply.
+HAZE_MARGIN, HAZE_MIN_OWN = 0.005, 0.1
+
+
+def yield_to_haze(claims: list[tuple[Mapping[str, Any], str, np.ndarray, float]]) -> None:
+    """Keep a diffuse edema haze out of the other lung lesions' masks (masks edited in place).
+
+    `claims` holds (finding, lesion, mask, score) per present finding. A localised lesion's
+    anomaly component often runs on into a neighbouring perihilar edema haze, so its mask
+    swallows part of the edema. Where a study has edema masks, another lung lesion's mask keeps
+    its own part (outside the haze) plus the haze pixels within HAZE_MARGIN of it; a mask lying
+    almost entirely inside the haze (own part under HAZE_MIN_OWN of it) is left as it is,
+    since nothing then tells lesion from haze."""
+    haze = [c[2] for c in claims if c[1] == "edema"]
+    if not haze:
+        return
+    e = np.logical_or.reduce(haze)
+    r = max(1, int(HAZE_MARGIN * e.shape[0]))
+    for _, lesion, m, _ in claims:
+        if lesion in ("edema", "cardiomegaly"):
+            continue
+        own = m & ~e
+        if own.sum() < HAZE_MIN_OWN * m.sum():
+            continue
+        near = ndi.binary_dilation(own, structure=np.ones((3, 3), bool), iterations=r)
+        m &= own | (e & near)
+
+
 def split_sides(mask: np.ndarray, bits: np.ndarray) -> list[np.ndarray]:
     """One instance per lung side (MIMIC-ILS and the phantom truth: a lesion instance never
     crosses the mediastinum, so a bilateral finding is two instances, right first)."""
@@ -221,6 +251,7 @@ def fuse_study(
     arrays: dict[str, np.ndarray] = {}
     counter: Counter[str] = Counter()
     seen: set[tuple[str, tuple[str, ...]]] = set()
+    claims: list[tuple[Mapping[str, Any], str, np.ndarray, float]] = []
     for f in findings:
         lesion = f.get("lesion")
         if lesion not in LESIONS:
@@ -247,6 +278,9 @@ def fuse_study(
             else:
                 mask = lesion_mask(lung_of_sides(bits, locs), anomaly, kept, cfg)
             score = float(np.mean([b.score for b in kept]))
+        claims.append((f, lesion, mask, score))
+    yield_to_haze(claims)
+    for f, lesion, mask, score in claims:
         parts = [mask] if lesion == "cardiomegaly" else split_sides(mask, bits)
         for part in parts:
             if not part.any():
@@ -259,4 +293,4 @@ def fuse_study(
     return rows, arrays
 
 
-__all__ = ["fuse_study", "keep_boxes", "lesion_mask", "effusion_mask", "mask_id", "mask_uri", "FuseError", "expand"]
+__all__ = ["fuse_study", "yield_to_haze", "keep_boxes", "lesion_mask", "effusion_mask", "mask_id", "mask_uri", "FuseError", "expand"]

@@ -156,3 +156,23 @@ def test_effusion_is_the_dependent_layer_grown_from_the_base():
     assert m[125:160, 20:90].all()  # meniscus to the base
     assert not m[:124].any()  # nothing above the meniscus, the upper patch left out
     assert not effusion_mask(lung, anomaly, [Box(150, 150, 190, 190, 0.9)], FuseConfig(), lung).any()  # no evidence
+
+
+def test_lesion_masks_give_the_edema_haze_back():
+    """A consolidation whose component runs on into the perihilar edema keeps its own part (and
+    a thin margin), not the haze; a lesion lying wholly inside the haze is left alone."""
+    from ilsgen.fuse import yield_to_haze
+
+    n = 100
+    edema = np.zeros((n, n), bool)
+    edema[30:60, 30:60] = True
+    cons = np.zeros((n, n), bool)
+    cons[40:50, 50:80] = True  # 10 of its 30 columns inside the haze
+    inside = np.zeros((n, n), bool)
+    inside[35:40, 35:40] = True
+    claims = [({}, "edema", edema.copy(), 1.0), ({}, "consolidation", cons.copy(), 1.0), ({}, "opacity", inside.copy(), 1.0)]
+    yield_to_haze(claims)
+    got = claims[1][2]
+    assert got[40:50, 60:80].all() and not got[40:50, 50:59].any()  # own part kept, haze given back
+    assert got[40:50, 59].all()  # the one-pixel margin next to its own part
+    assert np.array_equal(claims[2][2], inside) and np.array_equal(claims[0][2], edema)
