@@ -43,14 +43,14 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from rosalia.data import synthetic_run
-    from rosalia.train import fit, rosalia_components
+    from rosalia.train import cpu_threads, fit, rosalia_components
     from rosalia.train_loop import LoopConfig, LoopHooks, LoopState, TorchEngine, run_loop
 
     work = tempfile.mkdtemp(prefix="ils-bench-train-")
     overrides = [
         f"store.uri={work}", f"model.image_size={args.image_size}", f"train.batch_size={args.batch}",
         f"train.max_steps={args.steps}", f"train.checkpoint_every={args.steps}", "train.warmup_steps=5",
-        "train.freeze_vision=false", "train.cpus_per_worker=1", "train.name=bench", "train.log_every=1000",
+        "train.freeze_vision=false", "train.cpus_per_worker=1", "train.torch_threads=1", "train.name=bench", "train.log_every=1000",
         "ray.num_cpus=2",
     ]
     cfg = load_config(None, overrides)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # -- plain torch ---------------------------------------------------------------------------
     # same thread count as the Ray Train worker (Ray sets OMP threads to the worker's CPUs)
-    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    torch.set_num_threads(cpu_threads(cfg.train))
     t0 = time.perf_counter()
     comps = rosalia_components(cfg, data_uri)
     engine = TorchEngine(comps.model, cfg.train.lr, cfg.train.warmup_steps, args.steps, cfg.train.grad_clip)

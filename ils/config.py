@@ -181,6 +181,7 @@ class TrainConfig:
     out: str = "checkpoints"
     num_workers: int = 1
     cpus_per_worker: float = 1.0
+    torch_threads: int = 0  # intra-op threads of a CPU worker; 0: cpus_per_worker (Ray's reservation is logical)
     use_gpu: bool = False
     deepspeed: bool = False  # ZeRO-2 engine where the backend supports it
     batch_size: int = 16

@@ -165,6 +165,11 @@ def make_engine(model: nn.Module, cfg: Config, steps: int, world: int, device: t
     return TorchEngine(model, tc.lr, tc.warmup_steps, steps, tc.grad_clip, autocast=amp, ddp=world > 1, device=device)
 
 
+def cpu_threads(tc) -> int:
+    """Intra-op torch threads of one CPU worker: train.torch_threads, else its CPU reservation."""
+    return max(1, int(tc.torch_threads or tc.cpus_per_worker))
+
+
 def train_worker(config: dict) -> None:
     """Ray Train worker loop (every rank): build, restore, train, checkpoint + report."""
     import ray.train
@@ -175,7 +180,7 @@ def train_worker(config: dict) -> None:
 
     cfg = _config_from(config["cfg"])
     if not cfg.train.use_gpu:  # one intra-op thread per reserved CPU (oversubscription is slow)
-        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+        torch.set_num_threads(cpu_threads(cfg.train))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

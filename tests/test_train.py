@@ -300,3 +300,11 @@ def test_deepspeed_zero2_resume_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _DS_SCRIPT, str(root), str(root.parent), str(free_port())],
                           capture_output=True, text=True, timeout=600)
     assert "DS-RESUME-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_cpu_threads_follow_torch_threads_else_the_reservation():
+    from rosalia.train import cpu_threads
+
+    assert cpu_threads(_cfg("train.cpus_per_worker=1", "train.torch_threads=2").train) == 2
+    assert cpu_threads(_cfg("train.cpus_per_worker=3", "train.torch_threads=0").train) == 3
+    assert cpu_threads(_cfg("train.cpus_per_worker=0.5", "train.torch_threads=0").train) == 1
