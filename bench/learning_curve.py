@@ -12,7 +12,7 @@ Steps (each command is recorded in the JSON):
    the most a model that imitates its training labels can reach.
 Writes bench/results/learning.json and bench/results/learning.png.
 
-    python bench/learning_curve.py --store /tmp/learn --make-data 1200 5     # sample + gen + train + eval
+    python bench/learning_curve.py --store /tmp/learn --make-data 2000 5     # sample + gen + train + eval
     python bench/learning_curve.py --store /tmp/learn [--phantoms DIR] [--train-log LOG --skip-train]
 """
 

@@ -25,8 +25,8 @@ For every present finding (reported present, definite or tentative):
   threshold that starts near the base, filled from its top (the meniscus) down to the base;
   stretches must meet a kept box inside R.
 Where the study has edema, the other lung lesions' masks give the edema haze back
-(`yield_to_haze`). Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the study) and stored at
-`masks/{study}/{mask_id}.png` relative to the run root (`mask_uri`). Grounded locations are
+(`yield_to_haze`). Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the
+study) and stored at `masks/{study}/{mask_id}.png` relative to the run root (`mask_uri`). Grounded locations are
 filled in by `ilsgen.verify.grounded_locations`.
 """
 

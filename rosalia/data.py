@@ -297,9 +297,6 @@ class AugmentedPairs:
     def __len__(self) -> int:
         return len(self.base)
 
-    def repeats(self, global_positive: int = 1) -> np.ndarray | None:
-        return self.base.repeats(global_positive)
-
     @staticmethod
     def _translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
         out = torch.zeros_like(x)
