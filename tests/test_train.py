@@ -246,6 +246,8 @@ def test_ray_train_two_workers_split_each_global_batch(ray_local, tmp_path, monk
     assert torch.isfinite(w["head.2.weight"]).all()
     names = {p.rsplit("/", 1)[-1] for p in store.list(final)}
     assert {"rng_rank0.pt", "rng_rank1.pt"} <= names, names
+    meta = json.loads(store.read_bytes(f"{final}/state.json"))
+    assert (meta["engine"], meta["world"]) == ("deepspeed" if deepspeed else "torch", 2)
 
 
 # -- benchmarks' code paths -----------------------------------------------------------------
