@@ -61,6 +61,13 @@ def label_ceiling(truth_uri: str, gen_uri: str) -> dict:
     by_study: dict[tuple[str, str], list[dict]] = {}
     for m in gen.read_parquet("mask_index").to_pylist():
         by_study.setdefault((m["study_id"], m["lesion"]), []).append(m)
+    cache: dict[str, np.ndarray] = {}  # a mask answers several pairs (basic, inference, global)
+
+    def gen_mask(uri: str) -> np.ndarray:
+        if uri not in cache:
+            cache[uri] = gen.read_png(uri) > 127
+        return cache[uri]
+
     records = []
     for p in pairs:
         want = None if p["type"] == "global" else expand(p["locations"] or ["lung"])
@@ -71,7 +78,7 @@ def label_ceiling(truth_uri: str, gen_uri: str) -> dict:
             target = truth.read_png(p["seg_mask_path"]) > 127
             pred = np.zeros_like(target)
             for m in chosen:
-                arr = gen.read_png(m["mask_uri"]) > 127
+                arr = gen_mask(m["mask_uri"])
                 if arr.shape != pred.shape:
                     raise SystemExit(f"{m['mask_uri']}: mask {arr.shape} vs truth {pred.shape}; use the same image.size")
                 pred |= arr

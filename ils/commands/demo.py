@@ -3,8 +3,8 @@
 sample (synthetic phantom studies) -> gen (Ray Data) -> export (MIMIC-ILS) -> gen-eval (quality
 against the phantoms' ground truth) -> train (Ray Train, tiny model) -> eval (against ilsgen's
 test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth)
--> serve one real request. Each step is the same subcommand a user would type, with the same --config and
-overrides, so the demo is also a check that the README's commands work.
+-> serve one real request. Each step is the same subcommand a user would type, with the same
+--config and overrides, so the demo is also a check that the README's commands work.
 """
 
 from __future__ import annotations

@@ -11,24 +11,19 @@ own copy of the target masks under `truth-masks/`, union masks under `masks/`) i
 
 from __future__ import annotations
 
-import posixpath
-
 import numpy as np
 
 from ils.store import Store
-
-
-def _absolute(ph: Store, uri: str) -> str:
-    return uri if "://" in uri or posixpath.isabs(uri) else ph.uri(uri)
 
 
 def write_truth_run(ph: Store, out: Store, split: str | None = "test", seed: int = 0) -> int:
     """Write the truth pairs of one split of the phantoms in `ph` into the run folder `out`."""
     from ils.config import PairConfig
     from ils.schema import PAIR, conform
+    from ilsgen.manifest import read_manifest
     from ilsgen.pairs import make_pairs
 
-    studies = [s for s in ph.read_parquet("manifest.parquet").to_pylist() if split is None or s.get("split") == split]
+    studies = [s for s in read_manifest(ph, "manifest.parquet").to_pylist() if split is None or s.get("split") == split]
     findings: dict[str, list[dict]] = {}
     for f in ph.read_parquet("truth/findings.parquet").to_pylist():
         findings.setdefault(f["study_id"], []).append(f)
@@ -39,7 +34,6 @@ def write_truth_run(ph: Store, out: Store, split: str | None = "test", seed: int
     rows: list[dict] = []
     for st in studies:
         sid = st["study_id"]
-        st = dict(st, image_uri=_absolute(ph, st["image_uri"]))
         ms = masks.get(sid, [])
         arrays = {}
         for m in ms:  # the run folder holds its own copy of the target masks
