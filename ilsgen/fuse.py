@@ -24,8 +24,10 @@ For every present finding (reported present, definite or tentative):
   the reported side's lung, the lowest run of anomaly above EFFUSION_THRESHOLD_FACTOR x
   threshold that starts near the base, filled from its top (the meniscus) down to the base;
   stretches must meet a kept box inside R.
-Where the study has edema, the other lung lesions' masks give the edema haze back
-(`yield_to_haze`). Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the
+Two localised findings reported at different places whose masks overlap (touching lesions
+form one anomaly component) split what both claim at the anomaly's saddle
+(`separate_neighbours`). Where the study has edema, the other lung lesions' masks give the
+edema haze back (`yield_to_haze`). Masks are named `s{study}_{lesion}_{idx}` (idx counts per lesion within the
 study) and stored at `masks/{study}/{mask_id}.png` relative to the run root (`mask_uri`). Grounded locations are
 filled in by `ilsgen.verify.grounded_locations`.
 """
@@ -204,6 +206,48 @@ def yield_to_haze(claims: list[tuple[Mapping[str, Any], str, np.ndarray, float]]
         m &= own | (e & near)
 
 
+#: `separate_neighbours`: a lesion's seed keeps this far (fraction of the image) from the other
+#: finding's region, so a lesion reaching over a zone border is still cut at its own edge.
+SEED_MARGIN = 0.03
+
+
+def _inner(region: np.ndarray) -> np.ndarray:
+    r = max(1, int(SEED_MARGIN * region.shape[0]))
+    return ndi.binary_erosion(region, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+
+
+def separate_neighbours(claims: list[tuple[Mapping[str, Any], str, np.ndarray, float]], anomaly: np.ndarray,
+                        bits: np.ndarray) -> None:
+    """Split what two localised lesions both claim at the anomaly's saddle (masks edited in place).
+
+    Two findings reported at different places (say opacity in the right upper zone and
+    consolidation in the right mid zone) that touch on the image form one anomaly component,
+    so both masks take all of it. Each keeps the pixels its own reported region holds and the
+    other's does not, SEED_MARGIN inside it (the seeds); the pixels both claim go to the seed they reach over the
+    higher anomaly (a watershed on the inverted map, `scipy.ndimage.watershed_ift`), so the
+    cut runs along the dimmest valley between the two lesions. Findings without a location,
+    at the same locations, or without a seed of their own are left as they are."""
+    lung = [c for c in claims if c[1] not in ("edema", "cardiomegaly") and c[0].get("locations")]
+    level = np.round((1.0 - np.clip(anomaly, 0.0, 1.0)) * 254).astype(np.uint8)
+    for i in range(len(lung)):
+        for j in range(i + 1, len(lung)):
+            (fa, _, a, _), (fb, _, b, _) = lung[i], lung[j]
+            both = a & b
+            if not both.any():
+                continue
+            ra, rb = region_of(bits, list(fa["locations"])), region_of(bits, list(fb["locations"]))
+            seed_a, seed_b = a & _inner(ra & ~rb), b & _inner(rb & ~ra)
+            if not seed_a.any() or not seed_b.any() or (ra == rb).all():
+                continue
+            markers = np.zeros(a.shape, np.int16)
+            markers[~(a | b)] = 3
+            markers[seed_a] = 1
+            markers[seed_b] = 2
+            lab = ndi.watershed_ift(np.where(a | b, level, np.uint8(255)), markers)
+            a &= ~(both & (lab == 2))
+            b &= ~(both & (lab == 1))
+
+
 def split_sides(mask: np.ndarray, bits: np.ndarray) -> list[np.ndarray]:
     """One instance per lung side (MIMIC-ILS and the phantom truth: a lesion instance never
     crosses the mediastinum, so a bilateral finding is two instances, right first)."""
@@ -279,6 +323,7 @@ def fuse_study(
                 mask = lesion_mask(lung_of_sides(bits, locs), anomaly, kept, cfg)
             score = float(np.mean([b.score for b in kept]))
         claims.append((f, lesion, mask, score))
+    separate_neighbours(claims, anomaly, bits)
     yield_to_haze(claims)
     for f, lesion, mask, score in claims:
         parts = [mask] if lesion == "cardiomegaly" else split_sides(mask, bits)

@@ -176,3 +176,26 @@ def test_lesion_masks_give_the_edema_haze_back():
     assert got[40:50, 60:80].all() and not got[40:50, 50:59].any()  # own part kept, haze given back
     assert got[40:50, 59].all()  # the one-pixel margin next to its own part
     assert np.array_equal(claims[2][2], inside) and np.array_equal(claims[0][2], edema)
+
+
+def test_touching_lesions_at_different_places_are_split_at_the_saddle():
+    """An opacity in the right upper zone touching a consolidation in the right mid zone forms
+    one anomaly component (one box); each finding keeps its own lesion, cut along the dim
+    neck between them, not along the zone border. Findings at the same place keep both."""
+    bits = anatomy()
+    amap = blob(38, 62, 20, 40, 0.9)  # opacity: rows 38-61, reaches 2 rows into the mid zone
+    amap[62:64, 28:32] = 0.55  # a dim neck
+    amap[64:82, 20:40] = 0.8  # consolidation, mid zone
+    box = [Box(20, 38, 40, 82, 0.9)]
+    cfg = FuseConfig(min_component_frac=0.0)
+    findings = [finding(0, "opacity", locs=["right upper zone lung"]), finding(1, "consolidation", locs=["right mid zone lung"])]
+    rows, arrays = fuse_study("1", findings, bits, amap, box, cfg)
+    masks = {r["lesion"]: arrays[r["mask_uri"]] > 0 for r in rows}
+    opacity, cons = masks["opacity"], masks["consolidation"]
+    assert opacity[38:62, 20:40].all() and not opacity[64:82].any()  # up to the neck, not beyond
+    assert cons[64:82, 20:40].all() and not cons[38:62].any()
+    assert not (opacity & cons).any()
+    same = [finding(0, "opacity", locs=["right mid zone lung"]), finding(1, "pneumonia", locs=["right mid zone lung"])]
+    rows, arrays = fuse_study("1", same, bits, amap, box, cfg)
+    a, b = (arrays[r["mask_uri"]] > 0 for r in rows)
+    assert np.array_equal(a, b) and a[38:82, 20:40].sum() > 0.9 * 44 * 20

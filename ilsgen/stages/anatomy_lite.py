@@ -22,14 +22,19 @@ drawn at the output size from the fitted curves, so the edges are smooth and not
    base, rarely both at the same place); where the abdomen's density edge (`abdomen_edge`,
    `options.abdomen_level` 0.9 of the way from aerated lung to the abdomen) lies well below a
    column's dark bottom, fluid or a lesion lifted it and the point moves down to that edge (less
-   the usual lung-to-edge gap; a no-op where fluid is as dense as the abdomen). Fitted
-   by y = a + b u + c u^2 with asymmetric trimming
-   (points well above the curve -- a base lifted by fluid, columns ending on the heart -- are
-   dropped), c at least `options.dome_curvature` (3.0) * size (the costophrenic angles lie well
-   below the domes, also when both bases hold fluid), plus a bounded per-side offset. Under the
-   heart: the lower of the dome curve's extension and the line between the innermost columns
-   that kept a point (`options.heart_sag`, 1.0 = fully the curve; 0.35/0.6/0.8/1.0 gave heart
-   IoU 0.83/0.84/0.85/0.86 on 80 phantoms).
+   the usual lung-to-edge gap; a no-op where fluid is as dense as the abdomen).
+   Each hemidiaphragm is a dome (`options.dome_model: sides`, see `dome`): y = y0 +
+   c_lat (u - u0)^2 lateral of its apex u0 (near the lung's middle, within
+   `options.dome_apex_range` 0.04), c_med = `options.dome_medial` (0.45) * c_lat medial of it
+   (flatter towards the heart), fitted with asymmetric trimming (points well above the curve --
+   a base lifted by fluid, columns ending on the heart -- are dropped), c_lat at least
+   `options.dome_curvature` (3.0) * size; a side too short to fit takes the other side's dome,
+   shifted. Under the heart each dome's medial part runs on to the midline, so the heart's
+   lower border dips where the hemidiaphragms meet. On the 418 test phantoms of the demo data
+   this gave lung IoU right/left 0.931/0.922 and heart IoU 0.919 (cardiomegaly 0.885) against
+   0.908/0.919 and 0.871 (0.847) for `dome_model: joint`: one y = a + b u + c u^2 for both
+   sides, fitted to the mirrored lower envelope, a bounded per-side offset, and under the heart
+   the lower of its extension and the line between the innermost kept columns (`heart_sag`).
 5. Shape model per lung (`lung_model`): an axis-aligned ellipse fitted to the lateral-most pixel
    of each row and the top pixel of each column, refitted without points well inside it (where a
    lesion or fluid ate into the dark field), and a mediastinal line fitted to the medial-most
@@ -171,6 +176,11 @@ class LiteAnatomy:
         self.dome_curvature = float(opts.get("dome_curvature", 3.0))
         self.heart_sag = float(opts.get("heart_sag", 1.0))
         self.abdomen_level = float(opts.get("abdomen_level", 0.9))
+        self.dome_model = str(opts.get("dome_model", "sides"))
+        self.dome_medial = float(opts.get("dome_medial", 0.45))
+        self.dome_apex_range = float(opts.get("dome_apex_range", 0.04))
+        if self.dome_model not in ("sides", "joint"):
+            raise ValueError("options.dome_model must be 'sides' or 'joint'")
         if len(self.zone_fractions) != 3 or not 0 < self.zone_fractions[0] < self.zone_fractions[1] < self.zone_fractions[2] < 1:
             raise ValueError("options.zone_fractions must be three increasing fractions in (0, 1)")
 
@@ -402,8 +412,72 @@ class LiteAnatomy:
                 lin = yr + (cols[between] - xr) * (yl - yr) / (xl - xr)
                 # the diaphragm sags under the heart: part-way towards the dome curve's extension
                 dia[between] = lin + self.heart_sag * np.maximum(dia[between] - lin, 0.0)
+        if self.dome_model == "sides":
+            dia = self.side_domes(u, y, s, mid, w, tol, dia)
         # never far below the lowest lung pixel seen
         return np.minimum(dia, y.max() + 0.06 * w)
+
+    def side_domes(self, u: np.ndarray, y: np.ndarray, s: np.ndarray, mid: int, w: int, tol: float,
+                   joint: np.ndarray) -> np.ndarray:
+        """Per-side dome curves; `joint` (the shared curve) stays where a side cannot be fitted."""
+        cols = np.arange(w)
+        uu = np.abs(cols - mid) / w
+        out = joint.copy()
+        fits = [self.dome(u[s == k], y[s == k], w, tol) for k in (0, 1)]
+        for k, side_cols in enumerate((cols < mid, cols >= mid)):
+            f = fits[k] or (None if fits[1 - k] is None else self.shift_dome(fits[1 - k], u[s == k], y[s == k], w, tol))
+            if f is not None:
+                out[side_cols] = dome_curve(f, uu[side_cols])
+        return out
+
+    def dome(self, u: np.ndarray, y: np.ndarray, w: int, tol: float) -> tuple[float, float, float, float] | None:
+        """One hemidiaphragm: y = y0 + c_lat (u - u0)^2 lateral of the apex u0, c_med (u - u0)^2
+        medial of it (a dome is steeper into the costophrenic sulcus than towards the heart).
+
+        c_med = `options.dome_medial` * c_lat (the medial slope hides behind the heart, so it is
+        a prior, not fitted). u0 is searched on a grid; for each, (y0, c_lat) by least squares
+        with asymmetric trimming (points well above the curve: fluid, a lesion, the heart).
+        Score: squared residuals below the curve plus a capped cost per point above it. c_lat
+        is at least `options.dome_curvature` * size."""
+        if u.size < 8:
+            return None
+        c_min = self.dome_curvature * w
+        best, best_cost = None, np.inf
+        centre = 0.5 * (float(u.min()) + float(u.max()))  # the apex lies near the lung's middle
+        for u0 in np.arange(centre - self.dome_apex_range, centre + self.dome_apex_range + 1e-9, 0.005):
+            lat, med = np.maximum(u - u0, 0.0) ** 2, np.minimum(u - u0, 0.0) ** 2
+            shape = lat + self.dome_medial * med
+            keep = y >= y.max() - 0.15 * w
+            coef = None
+            for _ in range(6):
+                if keep.sum() < 5:
+                    break
+                A = np.stack([np.ones(int(keep.sum())), shape[keep]], axis=1)
+                coef, *_ = np.linalg.lstsq(A, y[keep], rcond=None)
+                if coef[1] < c_min:  # refit with the prior's curvature
+                    coef = np.array([float(np.median((y - c_min * shape)[keep])), c_min])
+                new = y - (coef[0] + coef[1] * shape) >= -tol
+                if (new == keep).all():
+                    break
+                keep = new
+            if coef is None:
+                continue
+            res = y - (coef[0] + coef[1] * shape)
+            cost = float(np.sum(np.where(res >= -tol, res * res, tol * tol)))
+            if cost < best_cost:
+                best, best_cost = (float(coef[0]), float(u0), float(coef[1]), self.dome_medial * float(coef[1])), cost
+        return best
+
+    def shift_dome(self, f: tuple[float, float, float, float], u: np.ndarray, y: np.ndarray, w: int,
+                   tol: float) -> tuple[float, float, float, float] | None:
+        """The other side's dome moved to this side's points (median over those not above it),
+        the shift bounded by 3% of the image (fluid must not lift it)."""
+        if u.size == 0:
+            return f
+        res = y - dome_curve(f, u)
+        ok = res >= -tol
+        off = float(np.clip(np.median(res[ok]) if ok.any() else 0.0, -0.03 * w, 0.03 * w))
+        return (f[0] + off, f[1], f[2], f[3])
 
     def lung_model(self, obs: np.ndarray, sign: int, mid: int, dia: np.ndarray) -> tuple | None:
         """Ellipse of the lateral and apical outline and the mediastinal line of one lung.
@@ -538,7 +612,7 @@ class LiteAnatomy:
         if wall is not None:  # the heart is denser than the chest wall; lung haze is not
             cand &= x > wall + self.heart_excess * contrast
         cand[: top + int(0.3 * h)] = False
-        lo, hi = max(0, mid - int(0.25 * w)), min(w, mid + int(0.25 * w))
+        lo, hi = max(0, mid - int(0.3 * w)), min(w, mid + int(0.35 * w))  # an enlarged heart reaches 0.3 w left of the midline
         cand[:, :lo] = False
         cand[:, hi:] = False
         ys_all = np.arange(w)
@@ -572,6 +646,12 @@ class LiteAnatomy:
         cuts = [top] + [top + f * (bottom - top) for f in self.zone_fractions] + [bottom]
         y = np.arange(lung.shape[0])[:, None]
         return [lung & (y >= cuts[i]) & (y < cuts[i + 1]) for i in range(4)]
+
+
+def dome_curve(f: tuple[float, float, float, float], u: np.ndarray) -> np.ndarray:
+    """Rows of a dome (y0, u0, c_lat, c_med) at distances u from the midline."""
+    y0, u0, cl, cm = f
+    return y0 + cl * np.maximum(u - u0, 0.0) ** 2 + cm * np.minimum(u - u0, 0.0) ** 2
 
 
 def upsample_mask(mask: np.ndarray, size: int) -> np.ndarray:

@@ -71,7 +71,7 @@ class LiteAnomaly:
     def __init__(self, cfg: Any = None, image_size: int = 512) -> None:
         opts = dict(getattr(cfg, "options", None) or {})
         self.size = int(image_size)
-        self.work = int(opts.get("work_size", 128))
+        self.work = int(opts.get("work_size", 256))
         self.grid = int(opts.get("grid", 48))
         self.z_scale = float(opts.get("z_scale", 5.0))
         self.std_floor = float(opts.get("std_floor", 0.05))
