@@ -176,6 +176,7 @@ class LiteAnatomy:
         self.dome_curvature = float(opts.get("dome_curvature", 3.0))
         self.heart_sag = float(opts.get("heart_sag", 1.0))
         self.abdomen_level = float(opts.get("abdomen_level", 0.9))
+        self.mediastinal_margin = float(opts.get("mediastinal_margin", 0.01))
         self.dome_model = str(opts.get("dome_model", "sides"))
         self.dome_medial = float(opts.get("dome_medial", 0.45))
         self.dome_apex_range = float(opts.get("dome_apex_range", 0.04))
@@ -552,7 +553,7 @@ class LiteAnatomy:
         inside = ((xs + 0.5 - cx) / ax) ** 2 + ((ys + 0.5 - cy) / ay) ** 2 <= 1.0
         d = np.interp(c, np.arange(dia.size), dia)
         inside &= ys <= d[None, :] + 0.5
-        edge = a + b * (ys + 0.5)
+        edge = a + b * (ys + 0.5) - sign * self.mediastinal_margin * self.work  # working-size pixels
         inside &= (xs + 0.5 <= edge) if sign < 0 else (xs + 0.5 >= edge)
         inside &= (xs < mid + 0.5) if sign < 0 else (xs >= mid + 0.5)
         return inside
