@@ -75,10 +75,16 @@ def lung_of_sides(bits: np.ndarray, locations: Sequence[str]) -> np.ndarray:
     return region_of(bits, [f"{s} lung" for s in sides])
 
 
-def keep_boxes(boxes: Sequence[Box], region: np.ndarray, anomaly: np.ndarray, lesion: str, cfg: FuseConfig) -> list[Box]:
-    """The boxes passing c1-c4 for one finding."""
+def keep_boxes(boxes: Sequence[Box], region: np.ndarray, anomaly: np.ndarray, lesion: str, cfg: FuseConfig,
+               sides: Sequence[np.ndarray] = ()) -> list[Box]:
+    """The boxes passing c1-c4 for one finding. With `sides` (each lung's mask), c3 weighs a
+    box against the anomaly of its own side of the region only: a finding reported on both
+    sides (or without a side) is a lesion on each, and the smaller one must not fail because
+    the other side holds more anomaly."""
     h, w = anomaly.shape
-    hot_mass = float(anomaly[region & (anomaly >= cfg.anomaly_threshold)].sum())
+    hot = anomaly >= cfg.anomaly_threshold
+    parts = [p for p in (region & s for s in sides) if p.any()] or [region]
+    hot_mass = [float(anomaly[p & hot].sum()) for p in parts]
     kept = []
     for b in boxes:
         x0, y0 = max(0, int(np.floor(b.x0))), max(0, int(np.floor(b.y0)))
@@ -89,8 +95,9 @@ def keep_boxes(boxes: Sequence[Box], region: np.ndarray, anomaly: np.ndarray, le
         inside = region[y0:y1, x0:x1]
         c1 = inside.sum() / area >= cfg.min_anatomy_overlap
         c2 = b.score >= cfg.min_confidence and _label_ok(b.label, lesion)
-        mass = float(anomaly[y0:y1, x0:x1][inside].sum())
-        c3 = hot_mass > 0 and mass / hot_mass >= cfg.min_anomaly_fraction
+        k = int(np.argmax([p[y0:y1, x0:x1].sum() for p in parts]))  # the side holding most of the box
+        mass = float(anomaly[y0:y1, x0:x1][parts[k][y0:y1, x0:x1]].sum())
+        c3 = hot_mass[k] > 0 and mass / hot_mass[k] >= cfg.min_anomaly_fraction
         c4 = area / (h * w) >= cfg.min_area_frac
         if c1 and c2 and c3 and c4:
             kept.append(b)
@@ -296,6 +303,7 @@ def fuse_study(
     counter: Counter[str] = Counter()
     seen: set[tuple[str, tuple[str, ...]]] = set()
     claims: list[tuple[Mapping[str, Any], str, np.ndarray, float]] = []
+    lungs = [region_of(bits, [f"{side} lung"]) for side in ("right", "left")]
     for f in findings:
         lesion = f.get("lesion")
         if lesion not in LESIONS:
@@ -314,7 +322,7 @@ def fuse_study(
             region = region_of(bits, locs)
             if lesion == "effusion":  # pleural fluid collects at the base (upright film)
                 region &= region_of(bits, DEPENDENT_ZONES)
-            kept = keep_boxes(boxes, region, anomaly, lesion, cfg)
+            kept = keep_boxes(boxes, region, anomaly, lesion, cfg, sides=lungs)
             if not kept:
                 continue
             if lesion == "effusion":
