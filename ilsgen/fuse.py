@@ -10,8 +10,9 @@ For every present finding (reported present, definite or tentative):
     c1  box area inside R / box area           >= cfg.min_anatomy_overlap
     c2  box.score                              >= cfg.min_confidence (and a detector label, when
                                                   given, names this lesion or an opacity-type one)
-    c3  anomaly mass in box & R / anomaly mass in R where A >= threshold
-                                               >= cfg.min_anomaly_fraction
+    c3  anomaly mass in box & R_s / anomaly mass in R_s where A >= threshold
+                                               >= cfg.min_anomaly_fraction, R_s = the side
+                                                  (lung) of R holding most of the box
     c4  box area / image area                  >= cfg.min_area_frac
   The mask is the set of pixels with A >= cfg.anomaly_threshold inside the kept boxes and inside
   the lung(s) of R's side(s); holes are filled and components under cfg.min_component_frac of

@@ -199,3 +199,20 @@ def test_touching_lesions_at_different_places_are_split_at_the_saddle():
     rows, arrays = fuse_study("1", same, bits, amap, box, cfg)
     a, b = (arrays[r["mask_uri"]] > 0 for r in rows)
     assert np.array_equal(a, b) and a[38:82, 20:40].sum() > 0.9 * 44 * 20
+
+
+def test_each_side_of_a_bilateral_finding_passes_c3_on_its_own():
+    """A small consolidation in the left base next to a large one in the right base: c3 weighs
+    each box against its own side's anomaly, so the small side is not lost to the large one."""
+    bits = anatomy()
+    amap = blob(86, 110, 15, 55) + blob(95, 104, 80, 90)  # right: 960 px, left: 90 px
+    boxes = [Box(15, 86, 55, 110, 0.9), Box(80, 95, 90, 104, 0.9)]
+    findings = [finding(0, "consolidation", locs=["right lung base", "left lung base"])]
+    cfg = FuseConfig(min_area_frac=0.005)
+    rows, _ = fuse_study("1", findings, bits, amap, boxes, cfg)
+    assert [r["grounded_locations"] for r in rows] == [["right lung base"], ["left lung base"]]
+    from ilsgen.fuse import keep_boxes
+    from ilsgen.verify import region_of
+
+    region = region_of(bits, ["right lung base", "left lung base"])
+    assert len(keep_boxes(boxes, region, amap, "consolidation", cfg)) == 1  # without sides: the small one fails c3
