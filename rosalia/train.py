@@ -179,7 +179,7 @@ def train_worker(config: dict) -> None:
     from rosalia.checkpointing import load_train_state, save_train_state
 
     cfg = _config_from(config["cfg"])
-    if not cfg.train.use_gpu:  # one intra-op thread per reserved CPU (oversubscription is slow)
+    if not cfg.train.use_gpu:  # train.torch_threads, else one intra-op thread per reserved CPU
         torch.set_num_threads(cpu_threads(cfg.train))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
