@@ -166,6 +166,8 @@ class ModelConfig:
     num_layers: int = 2
     sam_patch: int = 16  # tiny: SAM patch side (the low-res mask is 4x the image_size / sam_patch grid)
     sam_channels: int = 32  # tiny: SAM prompt/mask-decoder width (the final mask features have 1/8 of it)
+    sam_hidden: int = 64  # tiny: SAM image-encoder width (each patch is embedded linearly into this)
+    sam_layers: int = 2  # tiny: SAM image-encoder transformer layers
     presence_head: bool = True  # gate masks with an explicit presence decision
     presence_threshold: float = 0.5  # mask is empty when p(present) < this
     mask_size: int = 0  # label/mask side for training and eval; 0: image_size
@@ -199,6 +201,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     presence_weight: float = 1.0
     global_positive_repeat: int = 1  # global positives (few, multi-instance targets) per epoch
+    negative_ratio: float = 1.0  # negatives per positive in an epoch (SPEC: 1:1)
     augment: bool = False  # exposure jitter + small shifts of training images (rosalia.data.AugmentedPairs)
     freeze_vision: bool = True  # freeze CLIP tower, projector, SAM image/prompt encoders (false for random tiny)
     checkpoint_every: int = 100

@@ -246,15 +246,19 @@ def collate_for(model) -> Callable[[list[dict]], dict]:
 
 # -- epoch plan ---------------------------------------------------------------------------------------
 class EpochPlan:
-    """Deterministic 1:1 positive:negative order of one epoch, resumable at any position.
+    """Deterministic positive:negative order of one epoch (1:1 by default), resumable anywhere.
 
-    Each epoch holds every positive (positive i `repeats[i]` times, when given) and as many
-    negatives drawn at random (without replacement when there are enough); positives and
-    negatives alternate, so any even-sized batch is 1:1.
-    The same (seed, epoch, presence) always gives the same order.
+    Each epoch holds every positive (positive i `repeats[i]` times, when given) and
+    `negative_ratio` times as many negatives drawn at random (without replacement when there are
+    enough). At 1:1 positives and negatives alternate, so any even-sized batch is 1:1; at other
+    ratios they are spread evenly through the epoch, so every batch is close to the ratio.
+    The same (seed, epoch, presence, repeats, ratio) always gives the same order.
     """
 
-    def __init__(self, seed: int, epoch: int, presence: Sequence[bool], repeats: Sequence[int] | None = None):
+    def __init__(self, seed: int, epoch: int, presence: Sequence[bool], repeats: Sequence[int] | None = None,
+                 negative_ratio: float = 1.0):
+        if negative_ratio <= 0:
+            raise ValueError("negative_ratio must be positive")
         self.seed, self.epoch = int(seed), int(epoch)
         pres = np.asarray(presence, dtype=bool)
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -264,9 +268,15 @@ class EpochPlan:
         pos = rng.permutation(pos)
         if len(pos) == 0 or len(neg) == 0:
             self.order = rng.permutation(np.concatenate([pos, neg]))
-        else:
+        elif negative_ratio == 1.0:
             negs = rng.choice(neg, size=len(pos), replace=len(neg) < len(pos))
             self.order = np.stack([pos, negs], axis=1).reshape(-1)
+        else:
+            k = max(1, int(round(len(pos) * negative_ratio)))
+            negs = rng.choice(neg, size=k, replace=len(neg) < k)
+            # even spacing: sample i of a list of n sits at (i + 0.5) / n of the epoch
+            key = np.concatenate([(np.arange(len(pos)) + 0.5) / len(pos), (np.arange(k) + 0.5) / k])
+            self.order = np.concatenate([pos, negs])[np.argsort(key, kind="stable")]
 
     def __len__(self) -> int:
         return len(self.order)

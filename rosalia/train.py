@@ -74,17 +74,18 @@ class Components:
 
 
 class PlanOrder:
-    """`rosalia.data.EpochPlan(seed, epoch, presence)` as one index order per epoch."""
+    """`rosalia.data.EpochPlan` as one index order per epoch."""
 
-    def __init__(self, seed: int, presence: Sequence[bool], repeats: Sequence[int] | None = None):
-        self.seed, self.presence, self.repeats = seed, list(presence), repeats
+    def __init__(self, seed: int, presence: Sequence[bool], repeats: Sequence[int] | None = None,
+                 negative_ratio: float = 1.0):
+        self.seed, self.presence, self.repeats, self.negative_ratio = seed, list(presence), repeats, negative_ratio
         self._cache: dict[int, list[int]] = {}
 
     def order(self, epoch: int) -> list[int]:
         if epoch not in self._cache:
             from rosalia.data import EpochPlan
 
-            self._cache = {epoch: [int(i) for i in EpochPlan(self.seed, epoch, self.presence, self.repeats).order]}
+            self._cache = {epoch: [int(i) for i in EpochPlan(self.seed, epoch, self.presence, self.repeats, self.negative_ratio).order]}
         return self._cache[epoch]
 
 
@@ -116,7 +117,7 @@ def rosalia_components(cfg: Config, data_uri: str, rank: int = 0, world: int = 1
     repeats = train_set.repeats(cfg.train.global_positive_repeat)
     if cfg.train.augment:
         train_set = train_set.augmented()
-    return Components(model, train_set, collate, PlanOrder(cfg.train.seed, train_set.presence, repeats), val_set, collate, export)
+    return Components(model, train_set, collate, PlanOrder(cfg.train.seed, train_set.presence, repeats, cfg.train.negative_ratio), val_set, collate, export)
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -253,6 +254,8 @@ def build_trainer(cfg: Config, data_uri: str, factory: Any = "rosalia.train:rosa
     tc = cfg.train
     if tc.num_workers < 1 or tc.batch_size < 1:
         raise TrainError("train.num_workers and train.batch_size must be >= 1")
+    if not tc.negative_ratio > 0:
+        raise TrainError(f"train.negative_ratio must be > 0 (negatives per positive), got {tc.negative_ratio}")
     storage_path, fs = storage_for(cfg)
     loop_config = {
         "cfg": __import__("ils.config", fromlist=["to_dict"]).to_dict(cfg),

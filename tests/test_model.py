@@ -159,6 +159,21 @@ def test_epoch_plan_repeats_oversampled_positives():
     assert EpochPlan(0, 0, presence, [1] * 24).order.tolist() == EpochPlan(0, 0, presence).order.tolist()
 
 
+def test_epoch_plan_negative_ratio_spreads_negatives_evenly():
+    presence = [True] * 8 + [False] * 40
+    p = EpochPlan(1, 0, presence, negative_ratio=0.5)
+    order = p.order.tolist()
+    assert len(order) == 12 and sorted(i for i in order if presence[i]) == list(range(8))
+    assert len({i for i in order if not presence[i]}) == 4  # drawn without replacement
+    for b in p.batches(3):  # every batch of 3 holds 2 positives and 1 negative
+        assert sum(presence[i] for i in b) == 2
+    three = EpochPlan(1, 0, presence, negative_ratio=3.0).order.tolist()
+    assert len(three) == 32 and sum(presence[i] for i in three) == 8
+    assert EpochPlan(1, 0, presence, negative_ratio=1.0).order.tolist() == EpochPlan(1, 0, presence).order.tolist()
+    with pytest.raises(ValueError):
+        EpochPlan(1, 0, presence, negative_ratio=0)
+
+
 def test_tiny_param_count_and_7b_shapes():
     cfg = load_config(None, [])
     tok = build_word_tokenizer()
@@ -166,6 +181,9 @@ def test_tiny_param_count_and_7b_shapes():
     m = build_model(cfg.model)
     n = sum(p.numel() for p in m.parameters())
     assert 2e5 < n < 2e6
+    wide = shapes_for(load_config(None, ["model.sam_hidden=128", "model.sam_layers=3"]).model)
+    _, wide_sam = hf_configs(wide, 1, 0)
+    assert wide_sam.vision_config.hidden_size == 128 and wide_sam.vision_config.num_hidden_layers == 3
     seven = load_config(None, ["model.size=7b"])
     sh = shapes_for(seven.model, 32005)
     llava, sam = hf_configs(sh, 32003, 0)

@@ -310,3 +310,10 @@ def test_cpu_threads_follow_torch_threads_else_the_reservation():
     assert cpu_threads(_cfg("train.cpus_per_worker=1", "train.torch_threads=2").train) == 2
     assert cpu_threads(_cfg("train.cpus_per_worker=3", "train.torch_threads=0").train) == 3
     assert cpu_threads(_cfg("train.cpus_per_worker=0.5", "train.torch_threads=0").train) == 1
+
+
+def test_trainer_refuses_a_non_positive_negative_ratio():
+    from rosalia.train import TrainError, build_trainer
+
+    with pytest.raises(TrainError, match="negative_ratio must be > 0"):
+        build_trainer(_cfg("train.negative_ratio=0"), "gen")

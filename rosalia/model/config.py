@@ -73,8 +73,8 @@ def shapes_for(model_cfg: "ModelConfig", vocab_size: int = 0) -> Shapes:
         return Shapes(
             size="tiny", vocab_size=vocab_size, text_hidden=h, text_layers=model_cfg.num_layers,
             text_heads=4, text_intermediate=2 * h, clip_hidden=h, clip_layers=2, clip_heads=4,
-            clip_intermediate=2 * h, clip_image=model_cfg.clip_size, clip_patch=16, sam_hidden=64,
-            sam_layers=2, sam_heads=2, sam_global_attn=(1,), sam_window=4, sam_image=model_cfg.image_size,
+            clip_intermediate=2 * h, clip_image=model_cfg.clip_size, clip_patch=16, sam_hidden=model_cfg.sam_hidden,
+            sam_layers=model_cfg.sam_layers, sam_heads=2, sam_global_attn=(1,), sam_window=4, sam_image=model_cfg.image_size,
             sam_patch=model_cfg.sam_patch, sam_out=model_cfg.sam_channels, sam_decoder_mlp=4 * model_cfg.sam_channels,
             sam_decoder_heads=2, vision_feature_layer=-1,
         )
