@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "studies; scored on the held-out test-split studies. 'ilsgen': targets = ilsgen pairs/masks; "
                 "'truth': pairs built by ilsgen.pairs.make_pairs from the phantom ground truth (findings + masks). "
                 "gated = mask emptied when the presence head says absent; ungated = SPEC section 4 teacher-forced protocol.",
+        **({"note": f"trained on {args.data}, a run without ilsgen masks (pairs from the phantoms' ground truth): "
+                    "its 'ilsgen' results are scored against that run's test split"} if ceiling is None else {}),
         "data_commands": data_commands or [f"(existing) phantoms at {phantoms}, ilsgen run at {args.store}/{args.data}"],
         "n_studies": _count_studies(phantoms),
         "commands": commands,

@@ -87,6 +87,8 @@ def init_ray(cfg: "Config | None" = None, **kwargs):
     opts: dict = dict(include_dashboard=False, log_to_driver=True, namespace=cfg.ray.namespace if cfg else "ils")
     if address is None:
         opts["_node_ip_address"] = "127.0.0.1"
+        # No dashboard, so no state API: quiet the one Ray Train helper that polls it every second.
+        opts["runtime_env"] = {"worker_process_setup_hook": "ils.runtime.quiet_state_api_pollers"}
         if cfg and cfg.ray.num_cpus:
             opts["num_cpus"] = cfg.ray.num_cpus
         if cfg and cfg.ray.object_store_memory_mb:
@@ -97,6 +99,20 @@ def init_ray(cfg: "Config | None" = None, **kwargs):
     log.info("starting Ray (%s)", "local, loopback only" if address is None else address)
     ray.init(**opts)
     return ray
+
+
+#: Loggers of Ray helpers that poll the state API (served by the dashboard) and warn each time
+#: it is missing. Ray Train V2's PlacementGroupCleaner asks once a second whether the train
+#: controller is alive, to remove its placement group if the controller dies ungracefully; a
+#: local Ray started here has no dashboard, so that check cannot run (a graceful end still
+#: removes the placement group), and its warning would fill the log (~1,000 lines per demo run).
+STATE_API_POLLERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_state_api_pollers() -> None:
+    """Ray `worker_process_setup_hook` of the local Ray: STATE_API_POLLERS log errors only."""
+    for name in STATE_API_POLLERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def setup_logging(level: str | int = "INFO") -> None:

@@ -184,6 +184,9 @@ def test_tiny_param_count_and_7b_shapes():
     wide = shapes_for(load_config(None, ["model.sam_hidden=128", "model.sam_layers=3"]).model)
     _, wide_sam = hf_configs(wide, 1, 0)
     assert wide_sam.vision_config.hidden_size == 128 and wide_sam.vision_config.num_hidden_layers == 3
+    for bad in ("model.sam_hidden=40", "model.sam_layers=0"):
+        with pytest.raises(ModelError, match="sam_hidden"):
+            shapes_for(load_config(None, [bad]).model)
     seven = load_config(None, ["model.size=7b"])
     sh = shapes_for(seven.model, 32005)
     llava, sam = hf_configs(sh, 32003, 0)

@@ -180,8 +180,11 @@ def _read_trace(folder: Path, rank: int = 0) -> list[tuple[int, list[int]]]:
     return [(d["step"], d["idx"]) for d in map(json.loads, lines)]
 
 
-def test_ray_train_killed_run_resumes_exactly(ray_local, s3_bucket, tmp_path, monkeypatch):
-    """A run killed after the checkpoint at step 3 resumes there: no repeated/skipped batches."""
+def test_ray_train_killed_run_resumes_exactly(ray_local, s3_bucket, tmp_path, monkeypatch, capfd):
+    """A run killed after the checkpoint at step 3 resumes there: no repeated/skipped batches.
+
+    Also: the local Ray has no state API, and Ray Train's placement-group cleaner, which polls it
+    every second, stays quiet (ils.runtime.quiet_state_api_pollers)."""
     from ils.store import Store
     from rosalia.train import FAIL_ENV, TRACE_ENV, TrainError, fit
 
@@ -216,6 +219,8 @@ def test_ray_train_killed_run_resumes_exactly(ray_local, s3_bucket, tmp_path, mo
     best = torch.load(io.BytesIO(best), weights_only=False)
     assert torch.equal(exported["head.2.weight"], best["head.2.weight"])  # export = best checkpoint
     assert torch.equal(exported["frozen.weight"], ref_weights["frozen.weight"])
+    seen = capfd.readouterr()
+    assert "Failed to query Ray Train Controller" not in seen.out + seen.err
 
 
 @pytest.mark.parametrize("deepspeed", [False, True], ids=["ddp", "deepspeed-zero2"])

@@ -70,6 +70,8 @@ def shapes_for(model_cfg: "ModelConfig", vocab_size: int = 0) -> Shapes:
             raise ModelError("tiny model: model.sam_patch must be 4, 8 or 16 and divide model.image_size")
         if model_cfg.sam_channels < 16 or model_cfg.sam_channels % 16:
             raise ModelError("tiny model: model.sam_channels must be a multiple of 16 (at least 16)")
+        if model_cfg.sam_hidden < 16 or model_cfg.sam_hidden % 16 or model_cfg.sam_layers < 1:
+            raise ModelError("tiny model: model.sam_hidden must be a multiple of 16 (at least 16) and model.sam_layers >= 1")
         return Shapes(
             size="tiny", vocab_size=vocab_size, text_hidden=h, text_layers=model_cfg.num_layers,
             text_heads=4, text_intermediate=2 * h, clip_hidden=h, clip_layers=2, clip_heads=4,
