@@ -202,6 +202,7 @@ class TrainConfig:
     presence_weight: float = 1.0
     global_positive_repeat: int = 1  # global positives (few, multi-instance targets) per epoch
     negative_ratio: float = 1.0  # negatives per positive in an epoch (SPEC: 1:1)
+    pairs_per_image: int = 1  # up to this many of an image's pairs next to each other in the epoch (shared SAM pass)
     augment: bool = False  # exposure jitter + small shifts of training images (rosalia.data.AugmentedPairs)
     freeze_vision: bool = True  # freeze CLIP tower, projector, SAM image/prompt encoders (false for random tiny)
     checkpoint_every: int = 100

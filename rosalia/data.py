@@ -83,6 +83,7 @@ class PairDataset(Dataset):
             "answer": r["answer"],
             "presence": bool(r["presence"]),
             "row": r,
+            "image_key": int(self.image_index[i]),  # same key, same decoded image (collate shares it)
         }
 
     def augmented(self, shift: float = 0.04, gamma: float = 0.2, gain: float = 0.1, offset: float = 0.05) -> "AugmentedPairs":
@@ -220,21 +221,39 @@ def n_image_tokens(model) -> int:
 
 
 def make_collate(tokenizer, image_size: int, clip_size: int, n_image_tokens: int) -> Callable[[list[dict]], dict]:
-    """Collate `PairDataset` items into a teacher-forced training/eval batch (right padded)."""
+    """Collate `PairDataset` items into a teacher-forced training/eval batch (right padded).
+
+    Items with the same `image_key` share one preprocessed image: `sam_pixel_values` then holds
+    the distinct images (U, 3, S, S) and `sam_index` (B,) says which one each pair uses, so the
+    SAM image encoder runs once per image (see `EpochPlan(pairs_per_image=)`).
+    """
 
     def collate(items: list[dict]) -> dict[str, Any]:
-        clip, sam, sizes = preprocess_images([it["image"] for it in items], image_size, clip_size)
+        keys = [it.get("image_key") for it in items]
+        if all(k is not None for k in keys):
+            first: dict[Any, int] = {}  # key -> position of its first item (insertion order = slot order)
+            for i, k in enumerate(keys):
+                first.setdefault(k, i)
+            slot = {k: n for n, k in enumerate(first)}
+            index, uniq = [slot[k] for k in keys], [items[i]["image"] for i in first.values()]
+        else:
+            index, uniq = list(range(len(items))), [it["image"] for it in items]
+        clip, sam, sizes = preprocess_images(uniq, image_size, clip_size)
+        idx = torch.tensor(index, dtype=torch.long)
         text = encode_texts(tokenizer, [it["instruction"] for it in items], [it["answer"] for it in items], n_image_tokens)
-        return {
+        batch = {
             **text,
-            "pixel_values": clip,
+            "pixel_values": clip[idx],
             "sam_pixel_values": sam,
-            "sizes": sizes,
+            "sizes": sizes[idx],
             "masks": torch.stack([it["mask"] for it in items]),
             "presence": torch.tensor([float(it["presence"]) for it in items]),
             "images": torch.stack([it["image"] for it in items]),
             "meta": [it["row"] for it in items],
         }
+        if len(uniq) < len(items):
+            batch["sam_index"] = idx
+        return batch
 
     return collate
 
@@ -252,13 +271,19 @@ class EpochPlan:
     `negative_ratio` times as many negatives drawn at random (without replacement when there are
     enough). At 1:1 positives and negatives alternate, so any even-sized batch is 1:1; at other
     ratios they are spread evenly through the epoch, so every batch is close to the ratio.
-    The same (seed, epoch, presence, repeats, ratio) always gives the same order.
+    With `groups` (an image id per pair) and `pairs_per_image` g > 1, the epoch's pairs of one
+    image are pulled together in runs of up to g, each run at the place of its first pair, so a
+    batch holds fewer distinct images and the SAM image encoder runs once per image (LISA also
+    trains several conversations per image). The multiset of pairs and the ratio are unchanged.
+    The same (seed, epoch, presence, repeats, ratio, groups, g) always gives the same order.
     """
 
     def __init__(self, seed: int, epoch: int, presence: Sequence[bool], repeats: Sequence[int] | None = None,
-                 negative_ratio: float = 1.0):
+                 negative_ratio: float = 1.0, groups: Sequence[int] | None = None, pairs_per_image: int = 1):
         if negative_ratio <= 0:
             raise ValueError("negative_ratio must be positive")
+        if pairs_per_image < 1:
+            raise ValueError("pairs_per_image must be >= 1")
         self.seed, self.epoch = int(seed), int(epoch)
         pres = np.asarray(presence, dtype=bool)
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -277,6 +302,8 @@ class EpochPlan:
             # even spacing: sample i of a list of n sits at (i + 0.5) / n of the epoch
             key = np.concatenate([(np.arange(len(pos)) + 0.5) / len(pos), (np.arange(k) + 0.5) / k])
             self.order = np.concatenate([pos, negs])[np.argsort(key, kind="stable")]
+        if groups is not None and pairs_per_image > 1:
+            self.order = group_runs(self.order, np.asarray(groups, dtype=np.int64)[self.order], pairs_per_image)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -290,6 +317,21 @@ class EpochPlan:
             if drop_last and len(chunk) < batch_size:
                 return
             yield chunk.tolist()
+
+
+def group_runs(order: np.ndarray, group: np.ndarray, size: int) -> np.ndarray:
+    """`order` with the entries of each group gathered in runs of up to `size`, each run at the
+    position of its first entry (a stable regrouping: runs keep their internal order)."""
+    n = len(order)
+    pos = np.arange(n)
+    by_group = np.lexsort((pos, group))  # entries sorted by (group, position)
+    g_sorted = group[by_group]
+    starts = np.r_[0, np.flatnonzero(g_sorted[1:] != g_sorted[:-1]) + 1]
+    rank = pos - np.repeat(starts, np.diff(np.r_[starts, n]))  # occurrence number within its group
+    run_first = np.empty(n, dtype=np.int64)
+    run_start = by_group[pos - rank % size]  # first entry (position) of each entry's run
+    run_first[by_group] = run_start
+    return order[np.lexsort((pos, run_first))]
 
 
 class AugmentedPairs:
@@ -329,6 +371,7 @@ class AugmentedPairs:
             mh, mw = mask.shape[-2:]
             mask = self._translate(mask, int(round(dy * mh / h)), int(round(dx * mw / w)))
         it["image"], it["mask"] = img, mask
+        it.pop("image_key", None)  # jittered per item: no longer shared with other pairs of the image
         return it
 
 

@@ -38,7 +38,8 @@ def fit(model, dataset: PairDataset, train_cfg, max_steps: int, max_minutes: flo
     start, step, epoch = time.time(), 0, 0
     bar = tqdm(total=max_steps, desc="train", disable=not progress)
     while step < max_steps:
-        for idx in EpochPlan(train_cfg.seed, epoch, dataset.presence, dataset.repeats(train_cfg.global_positive_repeat), train_cfg.negative_ratio).batches(train_cfg.batch_size, drop_last=True):
+        for idx in EpochPlan(train_cfg.seed, epoch, dataset.presence, dataset.repeats(train_cfg.global_positive_repeat), train_cfg.negative_ratio,
+                             getattr(dataset, "image_index", None), train_cfg.pairs_per_image).batches(train_cfg.batch_size, drop_last=True):
             out = model(collate([dataset[i] for i in idx]))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()

@@ -88,7 +88,9 @@ class Segmenter:
         self.threshold = float(self.model.spec.get("presence_threshold", 0.5))
 
     def segment(self, images: Sequence[np.ndarray], instructions: Sequence[str]) -> list[SegResult]:
-        """One SegResult per (image, instruction); masks at each image's own (H, W)."""
+        """One SegResult per (image, instruction); masks at each image's own (H, W).
+
+        Passing the same array object for several instructions encodes it once per batch."""
         if len(images) != len(instructions):
             raise SegmenterError(f"{len(images)} images but {len(instructions)} instructions")
         for k, img in enumerate(images):
@@ -107,8 +109,13 @@ class Segmenter:
     def _segment_batch(self, images, instructions) -> list[SegResult]:
         m, dev = self.model, self.device
         t0 = time.perf_counter()
-        arrays = [np.clip(np.asarray(i, dtype=np.float32), 0.0, 1.0) for i in images]
+        slot: dict[int, int] = {}  # the same array object asked several times: one SAM pass
+        index = [slot.setdefault(id(img), len(slot)) for img in images]
+        uniq = list({id(img): img for img in images}.values())
+        arrays = [np.clip(np.asarray(i, dtype=np.float32), 0.0, 1.0) for i in uniq]
+        idx = torch.tensor(index, dtype=torch.long)
         clip, sam, sizes = preprocess_images(arrays, m.spec["image_size"], m.spec["clip_size"])
+        clip, sizes, arrays = clip[idx], sizes[idx], [arrays[k] for k in index]
         enc = encode_texts(m.tokenizer, list(instructions), None, int(m.llava.config.image_seq_length), left_pad=True, add_seg=True)
         t1 = time.perf_counter()
         ctx = torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if self.use_bf16 else torch.autocast(device_type=dev.type, enabled=False)
@@ -116,7 +123,7 @@ class Segmenter:
             seq, seg_state = m.generate(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), clip.to(dev),
                                         int(m.spec.get("max_new_tokens", 24)))
             t2 = time.perf_counter()
-            low, iou, _ = m.decode_masks(seg_state, m.image_embeddings(sam.to(dev)))
+            low, iou, _ = m.decode_masks(seg_state, m.image_embeddings(sam.to(dev))[idx.to(dev)])
             prob = torch.sigmoid(m.presence_logits(seg_state, low, iou)).float().cpu().numpy()
         t3 = time.perf_counter()
         texts = m.tokenizer.batch_decode(seq, skip_special_tokens=True)

@@ -77,15 +77,17 @@ class PlanOrder:
     """`rosalia.data.EpochPlan` as one index order per epoch."""
 
     def __init__(self, seed: int, presence: Sequence[bool], repeats: Sequence[int] | None = None,
-                 negative_ratio: float = 1.0):
+                 negative_ratio: float = 1.0, groups: Sequence[int] | None = None, pairs_per_image: int = 1):
         self.seed, self.presence, self.repeats, self.negative_ratio = seed, list(presence), repeats, negative_ratio
+        self.groups, self.pairs_per_image = groups, pairs_per_image
         self._cache: dict[int, list[int]] = {}
 
     def order(self, epoch: int) -> list[int]:
         if epoch not in self._cache:
             from rosalia.data import EpochPlan
 
-            self._cache = {epoch: [int(i) for i in EpochPlan(self.seed, epoch, self.presence, self.repeats, self.negative_ratio).order]}
+            self._cache = {epoch: [int(i) for i in EpochPlan(
+                self.seed, epoch, self.presence, self.repeats, self.negative_ratio, self.groups, self.pairs_per_image).order]}
         return self._cache[epoch]
 
 
@@ -115,9 +117,11 @@ def rosalia_components(cfg: Config, data_uri: str, rank: int = 0, world: int = 1
         val_set = None
     collate = collate_for(model)
     repeats = train_set.repeats(cfg.train.global_positive_repeat)
+    groups = train_set.image_index  # pairs of one image may share a SAM pass (train.pairs_per_image)
     if cfg.train.augment:
-        train_set = train_set.augmented()
-    return Components(model, train_set, collate, PlanOrder(cfg.train.seed, train_set.presence, repeats, cfg.train.negative_ratio), val_set, collate, export)
+        train_set = train_set.augmented()  # jittered per pair: nothing to share, the grouping only orders
+    plan = PlanOrder(cfg.train.seed, train_set.presence, repeats, cfg.train.negative_ratio, groups, cfg.train.pairs_per_image)
+    return Components(model, train_set, collate, plan, val_set, collate, export)
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -256,6 +260,8 @@ def build_trainer(cfg: Config, data_uri: str, factory: Any = "rosalia.train:rosa
         raise TrainError("train.num_workers and train.batch_size must be >= 1")
     if not tc.negative_ratio > 0:
         raise TrainError(f"train.negative_ratio must be > 0 (negatives per positive), got {tc.negative_ratio}")
+    if tc.pairs_per_image < 1:
+        raise TrainError(f"train.pairs_per_image must be >= 1, got {tc.pairs_per_image}")
     storage_path, fs = storage_for(cfg)
     loop_config = {
         "cfg": __import__("ils.config", fromlist=["to_dict"]).to_dict(cfg),

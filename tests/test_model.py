@@ -174,6 +174,54 @@ def test_epoch_plan_negative_ratio_spreads_negatives_evenly():
         EpochPlan(1, 0, presence, negative_ratio=0)
 
 
+def test_epoch_plan_pairs_per_image_groups_an_images_pairs():
+    rng = np.random.default_rng(0)
+    presence = rng.random(300) < 0.3
+    groups = rng.integers(0, 40, 300)  # image id of each pair
+    plain = EpochPlan(2, 0, presence, negative_ratio=0.5).order
+    grouped = EpochPlan(2, 0, presence, negative_ratio=0.5, groups=groups, pairs_per_image=4).order
+    assert sorted(grouped.tolist()) == sorted(plain.tolist())  # same pairs, same ratio
+    assert grouped.tolist() == EpochPlan(2, 0, presence, negative_ratio=0.5, groups=groups, pairs_per_image=4).order.tolist()
+    # runs of one image: at most 4 long, and an image's runs are as long as its pairs allow
+    img = groups[grouped]
+    runs = np.split(img, np.flatnonzero(img[1:] != img[:-1]) + 1)
+    assert max(len(r) for r in runs) == 4
+    per_image = np.bincount(img, minlength=40)
+    for g in range(40):
+        lens = sorted((len(r) for r in runs if r[0] == g), reverse=True)
+        assert lens == [4] * (per_image[g] // 4) + ([per_image[g] % 4] if per_image[g] % 4 else [])
+    batches = list(EpochPlan(2, 0, presence, negative_ratio=0.5, groups=groups, pairs_per_image=4).batches(16, drop_last=True))
+    assert np.mean([len(set(groups[b])) for b in batches]) < np.mean(
+        [len(set(groups[b])) for b in EpochPlan(2, 0, presence, negative_ratio=0.5).batches(16, drop_last=True)])
+    assert EpochPlan(2, 0, presence, groups=groups, pairs_per_image=1).order.tolist() == EpochPlan(2, 0, presence).order.tolist()
+    with pytest.raises(ValueError):
+        EpochPlan(2, 0, presence, groups=groups, pairs_per_image=0)
+
+
+def test_pairs_of_one_image_share_the_sam_pass(cfg, run):
+    """Collate keeps one copy of a shared image; the forward pass gives the same losses and
+    masks as with every pair carrying its own copy."""
+    torch.manual_seed(0)
+    m = build_model(cfg.model, cfg.train).eval()
+    ds = PairDataset.from_run(run, None, 64, 64, cache=False)
+    first = int(ds.image_index[0])
+    same = [i for i in range(len(ds)) if ds.image_index[i] == first][:3]
+    other = next(i for i in range(len(ds)) if ds.image_index[i] != first)
+    items = [ds[i] for i in same + [other]]
+    shared = collate_for(m)(items)
+    assert shared["sam_pixel_values"].shape[0] == 2 and shared["sam_index"].tolist() == [0] * len(same) + [1]
+    assert shared["pixel_values"].shape[0] == len(items) and shared["sizes"].shape[0] == len(items)
+    copies = collate_for(m)([{k: v for k, v in it.items() if k != "image_key"} for it in items])
+    assert copies["sam_pixel_values"].shape[0] == len(items) and "sam_index" not in copies
+    with torch.no_grad():
+        a, b = m(shared), m(copies)
+    for k in ("loss", "bce", "dice", "presence", "mask_logits", "presence_logits"):
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    # jittered items are not shared: the augmentation differs per pair
+    aug = collate_for(m)([AugmentedPairs(ds, 0.04, 0.2, 0.1, 0.05)[i] for i in same])
+    assert aug["sam_pixel_values"].shape[0] == len(same) and "sam_index" not in aug
+
+
 def test_tiny_param_count_and_7b_shapes():
     cfg = load_config(None, [])
     tok = build_word_tokenizer()

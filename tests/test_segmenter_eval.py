@@ -50,6 +50,24 @@ def test_segmenter_batched_matches_single(setup):
         seg.segment([np.zeros((3, 4, 5))], ["Segment the edema."])
 
 
+def test_segmenter_encodes_a_repeated_image_once(setup, monkeypatch):
+    cfg, model, ck, run, _ = setup
+    seg = Segmenter(ck, cfg.model, device="cpu", batch_size=8)
+    rng = np.random.default_rng(1)
+    a, b = rng.random((64, 64)).astype(np.float32), rng.random((80, 48)).astype(np.float32)
+    instr = ["Segment the effusion.", "Segment the edema in the left lung.", "Segment the effusion.", "Segment the opacity."]
+    encoded: list[int] = []
+    real = seg.model.image_embeddings
+    monkeypatch.setattr(seg.model, "image_embeddings", lambda x: encoded.append(x.shape[0]) or real(x))
+    shared = seg.segment([a, b, a, a], instr)
+    assert encoded == [2]  # two distinct arrays, one SAM pass each
+    copies = seg.segment([a.copy(), b.copy(), a.copy(), a.copy()], instr)
+    assert encoded == [2, 4]
+    assert [r.mask.shape for r in shared] == [(64, 64), (80, 48), (64, 64), (64, 64)]
+    for x, y in zip(shared, copies):
+        assert x.answer == y.answer and abs(x.confidence - y.confidence) < 1e-5 and (x.mask == y.mask).all()
+
+
 def test_random_segmenter_warns(caplog):
     cfg = load_config(None, ["model.image_size=64", "model.clip_size=32", "model.max_new_tokens=2"])
     s = Segmenter(None, cfg.model, device="cpu")

@@ -317,8 +317,10 @@ def test_cpu_threads_follow_torch_threads_else_the_reservation():
     assert cpu_threads(_cfg("train.cpus_per_worker=0.5", "train.torch_threads=0").train) == 1
 
 
-def test_trainer_refuses_a_non_positive_negative_ratio():
+def test_trainer_refuses_a_bad_epoch_plan():
     from rosalia.train import TrainError, build_trainer
 
     with pytest.raises(TrainError, match="negative_ratio must be > 0"):
         build_trainer(_cfg("train.negative_ratio=0"), "gen")
+    with pytest.raises(TrainError, match="pairs_per_image must be >= 1"):
+        build_trainer(_cfg("train.pairs_per_image=0"), "gen")

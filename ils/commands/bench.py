@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HELP = "run a benchmark from bench/ (phantom, gen, quality, train, serve, learning, or all); results in bench/results/"
+HELP = "run a benchmark from bench/ (phantom, gen, quality, train, share, serve, learning, or all); results in bench/results/"
 TAKES_POSITIONALS = True
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
@@ -15,6 +15,7 @@ SCRIPTS = {
     "gen": "gen_pipeline.py",
     "quality": "gen_quality.py",
     "train": "train_overhead.py",
+    "share": "shared_image_pass.py",
     "serve": "serve_load.py",
     "learning": "learning_curve.py",
 }

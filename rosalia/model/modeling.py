@@ -144,6 +144,8 @@ class RosaliaModel(nn.Module):
         pos, valid = self.seg_positions(ids)
         seg_state = hidden[torch.arange(ids.shape[0], device=dev), pos]
         emb = self.image_embeddings(batch["sam_pixel_values"].to(dev))
+        if batch.get("sam_index") is not None:  # pairs sharing an image share its embedding
+            emb = emb[batch["sam_index"].to(dev)]
         low, iou, _ = self.decode_masks(seg_state, emb)
         sizes = batch.get("sizes")
         mask_logits = self.upscale(low, sizes.to(dev) if sizes is not None else None, self.mask_size)
