@@ -101,11 +101,11 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = result["arms"]
-    names = [f"{a['pairs_per_image']}\n({a['images_per_batch']:.1f} img/batch)" for a in arms]
+    names = [f"{a['pairs_per_image']}\n{a['images_per_batch']:.1f} images" for a in arms]
     vals = [a["samples_per_s"] for a in arms]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = plt.subplots(figsize=(6, 3.4))
     ax.bar(names, vals, color=["#888"] + ["#1f77b4"] * (len(vals) - 1))
-    ax.set_xlabel("train.pairs_per_image")
+    ax.set_xlabel("train.pairs_per_image (distinct images per batch)")
     ax.set_ylabel("samples / s (steady state)")
     ax.set_title(f"tiny ROSALIA, batch {result['batch_size']}, SAM {result['image_size']} px", fontsize=9)
     for i, a in enumerate(arms):
