@@ -2,7 +2,8 @@
 
 Layout (ranks write into the same folder; Ray Train merges the ranks' folders):
 
-    state.json          rank 0: LoopState (step, epoch, position, val gIoU), engine kind, world
+    state.json          rank 0: LoopState (step, epoch, position, val gIoU), engine kind, world,
+                        and a digest of the epoch's data order (a resume with another order is refused)
     trainable.pt        rank 0: the trainable parameters (and buffers) by name; used for export
     optim.pt            rank 0, torch/DDP engine: optimizer + scheduler state
     ds/                 DeepSpeed engine: its own checkpoint, one ZeRO partition per rank
@@ -14,11 +15,12 @@ checkpoint), so a checkpoint of a LoRA run stays small.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -75,8 +77,17 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             target.copy_(value.to(target.device, target.dtype))
 
 
-def save_train_state(folder: str | Path, engine: TorchEngine | DeepSpeedEngine, state: LoopState, rank: int = 0, world: int = 1) -> Path:
-    """Write this rank's part of a checkpoint into `folder` (collective for DeepSpeed)."""
+def order_digest(order: Sequence[int]) -> str:
+    """A short fingerprint of one epoch's sample order."""
+    return hashlib.sha1(np.asarray(order, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def save_train_state(folder: str | Path, engine: TorchEngine | DeepSpeedEngine, state: LoopState, rank: int = 0, world: int = 1,
+                     order: Callable[[int], Sequence[int]] | None = None) -> Path:
+    """Write this rank's part of a checkpoint into `folder` (collective for DeepSpeed).
+
+    `order(epoch)`: the run's sample order; its digest for `state.epoch` is kept so a resume
+    can check that it continues the same order."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(engine, DeepSpeedEngine):
@@ -86,6 +97,8 @@ def save_train_state(folder: str | Path, engine: TorchEngine | DeepSpeedEngine, 
         if isinstance(engine, TorchEngine):
             torch.save(engine.state_dict(), folder / OPTIM)
         meta = {"loop": state.to_dict(), "engine": engine.kind, "world": world}
+        if order is not None:
+            meta["order_digest"] = order_digest(order(state.epoch))
         (folder / STATE).write_text(json.dumps(meta, indent=1))
     torch.save(rng_state(), folder / f"rng_rank{rank}.pt")
     return folder
@@ -99,14 +112,24 @@ def read_loop_state(folder: str | Path) -> tuple[LoopState, dict]:
     return LoopState.from_dict(meta["loop"]), meta
 
 
-def load_train_state(folder: str | Path, engine: TorchEngine | DeepSpeedEngine, rank: int = 0, world: int = 1) -> LoopState:
-    """Restore model, optimizer, scheduler, RNG and loop state written by `save_train_state`."""
+def load_train_state(folder: str | Path, engine: TorchEngine | DeepSpeedEngine, rank: int = 0, world: int = 1,
+                     order: Callable[[int], Sequence[int]] | None = None) -> LoopState:
+    """Restore model, optimizer, scheduler, RNG and loop state written by `save_train_state`.
+
+    With `order`, a checkpoint whose epoch order differs from this run's is refused: its data
+    position would point into another order and batches would repeat or be skipped."""
     folder = Path(folder)
     state, meta = read_loop_state(folder)
     if meta.get("engine") != engine.kind:
         raise CheckpointError(f"checkpoint was written by the {meta.get('engine')} engine, this run uses {engine.kind}")
     if int(meta.get("world", world)) != world:
         raise CheckpointError(f"checkpoint was written by {meta.get('world')} workers, this run has {world}: the data position would differ")
+    if order is not None and meta.get("order_digest") and meta["order_digest"] != order_digest(order(state.epoch)):
+        raise CheckpointError(
+            f"the data order of epoch {state.epoch} differs from the checkpoint's (changed pairs, train.seed, "
+            "train.negative_ratio, train.pairs_per_image or train.global_positive_repeat?): resuming would repeat "
+            "or skip batches; restore those settings or start a new train.name"
+        )
     if isinstance(engine, DeepSpeedEngine):
         engine.load(str(folder))
     else:

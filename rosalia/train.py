@@ -199,14 +199,14 @@ def train_worker(config: dict) -> None:
     ck = ray.train.get_checkpoint()
     if ck is not None:
         with ck.as_directory() as folder:
-            state = load_train_state(folder, engine, rank, world)
+            state = load_train_state(folder, engine, rank, world, order=comps.plan.order)
     start_step = state.step
     fail_at = int(config.get("fail_at_step") or 0)
     trace_dir = config.get("trace_dir")
 
     def checkpoint(st: LoopState, metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            save_train_state(folder, engine, st, rank, world)
+            save_train_state(folder, engine, st, rank, world, order=comps.plan.order)
             ray.train.report(dict(metrics), checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=f"checkpoint_{st.step:08d}")
         if fail_at and start_step < fail_at <= st.step:
             raise RuntimeError(f"{FAIL_ENV}: injected failure after the checkpoint at step {st.step} (test only)")
@@ -312,6 +312,16 @@ def export_checkpoint(cfg: Config, checkpoint, out_uri: str, data_uri: str, fact
     return comps.export(comps.model, out_uri)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The first failed worker's own error (rank, type, message), else the first line of `exc`."""
+    for rank, err in sorted((getattr(exc, "worker_failures", None) or {}).items()):
+        root = getattr(err, "cause", None) or err  # a RayTaskError carries the worker's exception as .cause
+        lines = [line for line in str(root).strip().splitlines() if line.strip()]
+        return f"rank {rank}: {type(root).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def fit(cfg: Config, data_uri: str, out_uri: Optional[str], factory: Any = "rosalia.train:rosalia_components") -> dict:
     """Train (or resume) on Ray Train and export the best model to `out_uri`; returns a summary."""
     from ray.train import TrainingFailedError
@@ -324,7 +334,7 @@ def fit(cfg: Config, data_uri: str, out_uri: Optional[str], factory: Any = "rosa
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
-        raise TrainError(f"training failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise TrainError(f"training failed: {failure_reason(exc)}") from exc
     ck, metrics = best_checkpoint(result)
     summary = {
         "run": cfg.train.name,

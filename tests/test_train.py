@@ -166,6 +166,22 @@ def test_checkpoint_refuses_a_different_world_size(tmp_path):
     assert set(trainable_state(eng.module)) == {"head.2.weight", "head.2.bias"}
 
 
+def test_checkpoint_refuses_another_data_order(tmp_path):
+    """A resume whose epoch order differs (e.g. another train.pairs_per_image) would repeat or
+    skip batches: refused; the same order resumes."""
+    from rosalia.data import EpochPlan
+
+    presence, groups = [True] * 10 + [False] * 30, [i // 4 for i in range(40)]
+    def plan(g):
+        return lambda epoch: EpochPlan(0, epoch, presence, negative_ratio=0.5, groups=groups, pairs_per_image=g).order
+    eng = TorchEngine(DoubleModel(), 0.01, 0, 10, 1.0)
+    save_train_state(tmp_path, eng, LoopState(step=3, epoch=1, position=8), order=plan(4))
+    with pytest.raises(CheckpointError, match="data order of epoch 1 differs"):
+        load_train_state(tmp_path, eng, order=plan(1))
+    assert load_train_state(tmp_path, eng, order=plan(4)).position == 8
+    assert load_train_state(tmp_path, eng).step == 3  # no order given: not checked
+
+
 # -- Ray Train ------------------------------------------------------------------------------
 
 
@@ -194,8 +210,8 @@ def test_ray_train_killed_run_resumes_exactly(ray_local, s3_bucket, tmp_path, mo
     cfg = _cfg(f"store.uri=s3://{bucket}/run", f"store.endpoint={endpoint}", f"train.max_steps={steps}", "train.name=resume")
     monkeypatch.setenv(TRACE_ENV, str(tmp_path))
     monkeypatch.setenv(FAIL_ENV, "3")
-    with pytest.raises(TrainError, match="training failed"):
-        fit(cfg, "synthetic://n=40", None, factory=double_components)
+    with pytest.raises(TrainError, match="training failed: rank 0: RuntimeError: .*injected failure after the checkpoint at step 3"):
+        fit(cfg, "synthetic://n=40", None, factory=double_components)  # the worker's own error reaches the user
     first = _read_trace(tmp_path)
     assert [s for s, _ in first] == [0, 1, 2]
     monkeypatch.delenv(FAIL_ENV)
