@@ -313,11 +313,16 @@ def export_checkpoint(cfg: Config, checkpoint, out_uri: str, data_uri: str, fact
 
 
 def failure_reason(exc: BaseException) -> str:
-    """The first failed worker's own error (rank, type, message), else the first line of `exc`."""
-    for rank, err in sorted((getattr(exc, "worker_failures", None) or {}).items()):
+    """The first failed worker's (or the controller's) own error: where, type, message; else
+    the first line of `exc`."""
+    failures = sorted((getattr(exc, "worker_failures", None) or {}).items())
+    if getattr(exc, "controller_failure", None) is not None:
+        failures = [("controller", exc.controller_failure)]
+    for where, err in failures:
         root = getattr(err, "cause", None) or err  # a RayTaskError carries the worker's exception as .cause
         lines = [line for line in str(root).strip().splitlines() if line.strip()]
-        return f"rank {rank}: {type(root).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+        prefix = f"rank {where}" if isinstance(where, int) else str(where)
+        return f"{prefix}: {type(root).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 

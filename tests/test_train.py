@@ -340,3 +340,18 @@ def test_trainer_refuses_a_bad_epoch_plan():
         build_trainer(_cfg("train.negative_ratio=0"), "gen")
     with pytest.raises(TrainError, match="pairs_per_image must be >= 1"):
         build_trainer(_cfg("train.pairs_per_image=0"), "gen")
+
+
+def test_failure_reason_names_the_failed_worker_or_controller():
+    from rosalia.train import failure_reason
+
+    class Failed(Exception):
+        pass
+
+    workers = Failed("Training failed due to worker errors:\n...")
+    workers.worker_failures = {1: ValueError("first\nlast line"), 0: KeyError("k")}
+    assert failure_reason(workers) == "rank 0: KeyError: 'k'"
+    controller = Failed("Training failed due to controller error:\nboom")
+    controller.controller_failure = RuntimeError("boom")
+    assert failure_reason(controller) == "controller: RuntimeError: boom"
+    assert failure_reason(Failed("only this line\nnot this")) == "only this line"
