@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -220,6 +220,19 @@ def n_image_tokens(model) -> int:
     return int(model.llava.config.image_seq_length)
 
 
+def share_slots(keys: Iterable[Hashable]) -> tuple[list[int], list[int]]:
+    """(slot of each key, position of each slot's first key): equal keys share one slot, slots
+    numbered in the order their key first appears."""
+    slot: dict[Hashable, int] = {}
+    index, firsts = [], []
+    for i, k in enumerate(keys):
+        if k not in slot:
+            slot[k] = len(firsts)
+            firsts.append(i)
+        index.append(slot[k])
+    return index, firsts
+
+
 def make_collate(tokenizer, image_size: int, clip_size: int, n_image_tokens: int) -> Callable[[list[dict]], dict]:
     """Collate `PairDataset` items into a teacher-forced training/eval batch (right padded).
 
@@ -230,14 +243,8 @@ def make_collate(tokenizer, image_size: int, clip_size: int, n_image_tokens: int
 
     def collate(items: list[dict]) -> dict[str, Any]:
         keys = [it.get("image_key") for it in items]
-        if all(k is not None for k in keys):
-            first: dict[Any, int] = {}  # key -> position of its first item (insertion order = slot order)
-            for i, k in enumerate(keys):
-                first.setdefault(k, i)
-            slot = {k: n for n, k in enumerate(first)}
-            index, uniq = [slot[k] for k in keys], [items[i]["image"] for i in first.values()]
-        else:
-            index, uniq = list(range(len(items))), [it["image"] for it in items]
+        index, firsts = share_slots(keys) if all(k is not None for k in keys) else share_slots(range(len(items)))
+        uniq = [items[i]["image"] for i in firsts]
         clip, sam, sizes = preprocess_images(uniq, image_size, clip_size)
         idx = torch.tensor(index, dtype=torch.long)
         text = encode_texts(tokenizer, [it["instruction"] for it in items], [it["answer"] for it in items], n_image_tokens)

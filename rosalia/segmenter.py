@@ -18,7 +18,7 @@ import torch
 from ils.errors import UserError
 from ils.templates import parse_answer
 from rosalia.contract import SegResult
-from rosalia.data import encode_texts, preprocess_images
+from rosalia.data import encode_texts, preprocess_images, share_slots
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,8 @@ class Segmenter:
     def _segment_batch(self, images, instructions) -> list[SegResult]:
         m, dev = self.model, self.device
         t0 = time.perf_counter()
-        slot: dict[int, int] = {}  # the same array object asked several times: one SAM pass
-        index = [slot.setdefault(id(img), len(slot)) for img in images]
-        uniq = list({id(img): img for img in images}.values())
-        arrays = [np.clip(np.asarray(i, dtype=np.float32), 0.0, 1.0) for i in uniq]
+        index, firsts = share_slots(id(img) for img in images)  # the same array object asked again: one SAM pass
+        arrays = [np.clip(np.asarray(images[k], dtype=np.float32), 0.0, 1.0) for k in firsts]
         idx = torch.tensor(index, dtype=torch.long)
         clip, sam, sizes = preprocess_images(arrays, m.spec["image_size"], m.spec["clip_size"])
         clip, sizes, arrays = clip[idx], sizes[idx], [arrays[k] for k in index]
