@@ -208,7 +208,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     eval_every: int = 200
     seed: int = 0
-    name: str = "rosalia"  # Ray Train run name; the same storage + name resumes a run
+    name: Optional[str] = None  # Ray Train run name; default keyed by --out (rosalia.train_run)
+    resume: str = "auto"  # auto (resume the run's checkpoints if any) | fresh (delete them, start over) | require
     storage: Optional[str] = None  # Ray Train run storage (URI); default <store.uri>/train-runs
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | bf16 | fp32
     zero_stage: int = 2  # DeepSpeed ZeRO stage when train.deepspeed

@@ -128,7 +128,7 @@ def load_train_state(folder: str | Path, engine: TorchEngine | DeepSpeedEngine, 
         raise CheckpointError(
             f"the data order of epoch {state.epoch} differs from the checkpoint's (changed pairs, train.seed, "
             "train.negative_ratio, train.pairs_per_image or train.global_positive_repeat?): resuming would repeat "
-            "or skip batches; restore those settings or start a new train.name"
+            "or skip batches; restore those settings, train to another --out, or start over with train.resume=fresh"
         )
     if isinstance(engine, DeepSpeedEngine):
         engine.load(str(folder))

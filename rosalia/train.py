@@ -1,7 +1,7 @@
 """ROSALIA fine-tuning on Ray Train (V2): the Ray edge around the plain-torch `run_loop`.
 
 - `fit(cfg, data_uri, out_uri)` builds a `TorchTrainer` (workers from `cfg.train`), runs it
-  with `RunConfig(name=cfg.train.name, storage_path=..., storage_filesystem=...)` so checkpoints
+  with `RunConfig(name=<run name>, storage_path=..., storage_filesystem=...)` so checkpoints
   land in the store (local folder or s3://), keeps the best checkpoints by validation gIoU, and
   exports the best model as an HF-format folder at `out_uri`.
 - Every worker (`train_worker`) builds the model with the same seed, reads the pairs from the
@@ -9,8 +9,9 @@
   deterministic, indexable order, which `EpochPlan` gives), wraps it in torch DDP or a DeepSpeed
   ZeRO-2 engine, restores from `ray.train.get_checkpoint()` and reports a checkpoint from every
   rank every `train.checkpoint_every` steps.
-- Resume: run `fit` again with the same storage and name; Ray Train hands the latest checkpoint
-  to the workers, which restore step, epoch, data position, optimizer, scheduler and RNG.
+- Resume: run `fit` again with the same output (the run is keyed by it, `rosalia.train_run`) or
+  the same `train.name`; Ray Train hands the latest checkpoint to the workers, which restore step,
+  epoch, data position, optimizer, scheduler and RNG. `train.resume=fresh` starts over.
 
 CPU: torch DDP and DeepSpeed ZeRO-2 both run over gloo (tests, demo). GPU: NCCL, bf16 autocast
 (or DeepSpeed bf16); the `7b` model needs GPUs.
@@ -32,6 +33,7 @@ from torch import nn
 
 from ils.config import Config
 from ils.errors import UserError
+from rosalia.train_run import RunPlan, plan_run, run_name
 from rosalia.train_loop import (
     DeepSpeedEngine,
     LoopConfig,
@@ -240,18 +242,31 @@ def train_worker(config: dict) -> None:
 # -- the driver -----------------------------------------------------------------------------
 
 
-def storage_for(cfg: Config) -> tuple[str, Any]:
-    """(storage_path, pyarrow file system) of the Ray Train runs in the store."""
+def runs_store(cfg: Config):
+    """The store folder that holds the Ray Train runs (`train.storage`, default <store>/train-runs)."""
     from ils.store import Store
 
     store = Store.from_config(cfg.store)
-    uri = cfg.train.storage or store.uri("train-runs")
-    target = Store.from_config(cfg.store, uri)
+    target = Store.from_config(cfg.store, cfg.train.storage or store.uri("train-runs"))
     target.fs.create_dir(target.root, recursive=True)
+    return target
+
+
+def storage_for(cfg: Config) -> tuple[str, Any]:
+    """(storage_path, pyarrow file system) of the Ray Train runs in the store."""
+    target = runs_store(cfg)
     return target.root, target.fs
 
 
-def build_trainer(cfg: Config, data_uri: str, factory: Any = "rosalia.train:rosalia_components"):
+def prepare_run(cfg: Config, data_uri: str, out_uri: Optional[str]) -> RunPlan:
+    """Name the run (`train.name`, else keyed by the output) and decide start / resume / restart."""
+    from ils.store import Store
+
+    out = Store.from_config(cfg.store).uri(out_uri) if out_uri else None
+    return plan_run(runs_store(cfg), run_name(cfg.train.name, out, data_uri), cfg.train.resume)
+
+
+def build_trainer(cfg: Config, data_uri: str, factory: Any = "rosalia.train:rosalia_components", name: Optional[str] = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -279,7 +294,7 @@ def build_trainer(cfg: Config, data_uri: str, factory: Any = "rosalia.train:rosa
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=tc.name,
+            name=name or run_name(tc.name, None, data_uri),
             storage_path=storage_path,
             storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=max(1, tc.num_to_keep), checkpoint_score_attribute="val_giou", checkpoint_score_order="max"),
@@ -327,22 +342,28 @@ def failure_reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def fit(cfg: Config, data_uri: str, out_uri: Optional[str], factory: Any = "rosalia.train:rosalia_components") -> dict:
-    """Train (or resume) on Ray Train and export the best model to `out_uri`; returns a summary."""
+def fit(cfg: Config, data_uri: str, out_uri: Optional[str], factory: Any = "rosalia.train:rosalia_components", plan: Optional[RunPlan] = None) -> dict:
+    """Train (or resume) on Ray Train and export the best model to `out_uri`; returns a summary.
+
+    `plan` (from `prepare_run`) names the run; without one it is prepared here and logged."""
     from ray.train import TrainingFailedError
 
     from ils.runtime import init_ray
 
+    if plan is None:
+        plan = prepare_run(cfg, data_uri, out_uri)
+        log.info("%s", plan.describe())
     init_ray(cfg)
     t0 = time.perf_counter()
-    trainer = build_trainer(cfg, data_uri, factory)
+    trainer = build_trainer(cfg, data_uri, factory, name=plan.name)
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
         raise TrainError(f"training failed: {failure_reason(exc)}") from exc
     ck, metrics = best_checkpoint(result)
     summary = {
-        "run": cfg.train.name,
+        "run": plan.name,
+        "run_action": plan.action,
         "checkpoint": getattr(ck, "path", None),
         "best_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))},

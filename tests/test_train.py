@@ -355,3 +355,31 @@ def test_failure_reason_names_the_failed_worker_or_controller():
     controller.controller_failure = RuntimeError("boom")
     assert failure_reason(controller) == "controller: RuntimeError: boom"
     assert failure_reason(Failed("only this line\nnot this")) == "only this line"
+
+
+def test_runs_are_keyed_by_output_and_resume_is_explicit(tmp_path):
+    """Two trainings in one store with different --out get different runs; `fresh` starts over,
+    `require` refuses an empty run, `auto` resumes the newest checkpoint."""
+    from ils.errors import UserError
+    from ils.store import Store
+    from rosalia.train_run import plan_run, run_name
+
+    a = run_name(None, str(tmp_path / "checkpoints"), str(tmp_path / "gen"))
+    b = run_name(None, str(tmp_path / "other-ckpt"), str(tmp_path / "gen"))
+    assert a != b and a.startswith("checkpoints-") and b.startswith("other-ckpt-")
+    assert a == run_name(None, str(tmp_path / "checkpoints") + "/", str(tmp_path / "elsewhere"))
+    assert run_name("mine", str(tmp_path / "checkpoints"), "x") == "mine"
+
+    runs = Store(str(tmp_path / "train-runs"))
+    assert plan_run(runs, a, "auto").action == "start"
+    with pytest.raises(UserError, match="nothing to resume|no checkpoint"):
+        plan_run(runs, a, "require")
+    for step in (20, 40):
+        runs.write_bytes(f"{a}/checkpoint_{step:08d}/trainable.pt", b"x")
+    plan = plan_run(runs, a, "auto")
+    assert (plan.action, plan.latest_step) == ("resume", 40) and "step 40" in plan.describe()
+    assert plan_run(runs, b, "auto").action == "start"  # the other output's run is untouched by a's
+    plan = plan_run(runs, a, "fresh")
+    assert plan.action == "restart" and not runs.exists(a)
+    with pytest.raises(UserError, match="train.resume"):
+        plan_run(runs, a, "sometimes")
