@@ -101,6 +101,7 @@ class LLMConfig:
     temperature: float = 0.0
     max_tokens: int = 768
     fallback_to_rules: bool = True
+    max_in_flight: int = 16  # concurrent requests per report actor (per process for `ils report`)
 
 
 @dataclass

@@ -164,7 +164,10 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
         return {**common, "batch_size": max(1, stage.batch_size)}
 
     ds = ds.map_batches(DecodeStep, **sized(gen.decode), **args, **_actor_opts(gen.decode))
-    ds = ds.map_batches(ReportStep, **common, **args, **_actor_opts(gen.report))
+    # the report actor structures a whole batch at once: a batch as big as max_in_flight keeps it busy
+    from ilsgen.report.llm_client import in_flight
+
+    ds = ds.map_batches(ReportStep, **{**common, "batch_size": max(bs, in_flight(gen.report))}, **args, **_actor_opts(gen.report))
     ds = ds.map_batches(AnatomyStep, **sized(gen.anatomy), **args, **_actor_opts(gen.anatomy))
     ds = ds.map_batches(AnomalyStep, **sized(gen.anomaly), fn_constructor_args=(cfg, anomaly_state), **_actor_opts(gen.anomaly))
     ds = ds.map_batches(DetectStep, **sized(gen.detect), **args, **_actor_opts(gen.detect))

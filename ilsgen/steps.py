@@ -140,10 +140,17 @@ class ReportStep(Step):
         return super().__call__(batch)
 
     def process(self, batch: Batch, rows: list[int]) -> None:
-        for i in rows:
+        from ilsgen.report.llm_client import in_flight, structure_many
+
+        # up to gen.report.llm.max_in_flight reports at once; a study that fails fails alone
+        # (never raised to the batch, so no report is sent twice)
+        items = [(str(batch["study_id"][i]), str(batch["report"][i])) for i in rows]
+        for i, result in zip(rows, structure_many(self.backend, items, in_flight(self.cfg.gen.report))):
+            if isinstance(result, Exception):
+                _fail(batch, i, self.name, result)
+                continue
             # structure_ex tells where the rows came from (llm | llm_fallback | rules), also
             # for a report without findings; the summary counts fallbacks from it
-            result = self.backend.structure_ex(str(batch["study_id"][i]), str(batch["report"][i]))
             batch["findings"][i] = json.dumps(result.rows)
             batch["report_source"][i] = result.source
 
