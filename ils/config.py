@@ -152,6 +152,7 @@ class GenConfig:
     task_num_cpus: float = 0.25  # CPUs per fuse/write worker
     fuse_concurrency: int = 1
     anomaly_fit_studies: int = 48  # report-normal studies that fit the lite anomaly model
+    gate_mask_stages: bool = True  # anomaly + detect only for studies with a finding needing a mask
 
 
 @dataclass

@@ -102,6 +102,7 @@ def batch_rows(batch: dict) -> dict[str, list[dict[str, Any]]]:
                 "n_pairs": len(pairs),
                 "report_source": text_or_none(batch["report_source"][i]) if "report_source" in batch else None,
                 "stage_seconds": list(json.loads(batch["timings"][i]).items()),
+                "skipped_stages": json.loads(batch["skipped"][i]) if "skipped" in batch else [],
             }
         )
     return out

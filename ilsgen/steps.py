@@ -6,7 +6,7 @@ adds its columns and passes the others on. A study that fails in a step keeps it
 the writer records it. A step never raises for one bad study.
 
 Columns: study manifest columns (ils.schema.STUDY) -> + image, status, stage, reason, timings
-(decode) -> + findings, report_source (report) -> + anatomy (anatomy) -> + anomaly (anomaly) ->
+skipped (decode) -> + findings, report_source (report) -> + anatomy (anatomy) -> + anomaly (anomaly) ->
 + boxes (detect) -> fuse: findings/masks/pairs as JSON, mask PNGs written, image arrays dropped.
 """
 
@@ -65,8 +65,12 @@ class Step:
 
     name = "step"
 
+    def rows(self, batch: Batch) -> list[int]:
+        """The rows this step works on: those still ok."""
+        return _ok_rows(batch)
+
     def __call__(self, batch: Batch) -> Batch:
-        rows = _ok_rows(batch)
+        rows = self.rows(batch)
         t0 = time.perf_counter()
         if rows:
             try:
@@ -102,6 +106,7 @@ class DecodeStep(Step):
         batch["stage"] = _objects([None] * n)
         batch["reason"] = _objects([None] * n)
         batch["timings"] = _objects(["{}"] * n)
+        batch["skipped"] = _objects(["[]"] * n)
         batch["image"] = np.zeros((n, self.size, self.size), np.float32)
         for i, report in enumerate(batch["report"]):
             if report is None or not str(report).strip():
@@ -157,14 +162,27 @@ class ReportStep(Step):
 
 class _VisionStep(Step):
     stage = ""
+    gated = False  # True: only for studies with a finding that needs a lesion mask (ilsgen.gating)
 
     def __init__(self, cfg: Config, state: Any = None):
         from ilsgen.stages.registry import make_backend
 
         self.cfg = cfg
+        self.gate = self.gated and cfg.gen.gate_mask_stages
         self.backend = make_backend(self.stage, getattr(cfg.gen, self.stage), cfg.image.size)
         if state is not None and hasattr(self.backend, "set_state"):
             self.backend.set_state(state)
+
+    def rows(self, batch: Batch) -> list[int]:
+        rows = super().rows(batch)
+        if not self.gate:
+            return rows
+        from ilsgen.gating import needs_mask_json
+
+        needed = [i for i in rows if needs_mask_json(batch["findings"][i])]
+        for i in set(rows) - set(needed):
+            batch["skipped"][i] = json.dumps(json.loads(batch["skipped"][i]) + [self.name])
+        return needed
 
 
 class AnatomyStep(_VisionStep):
@@ -183,6 +201,7 @@ class AnatomyStep(_VisionStep):
 
 class AnomalyStep(_VisionStep):
     name = stage = "anomaly"
+    gated = True
 
     def __call__(self, batch: Batch) -> Batch:
         n = batch_len(batch)
@@ -197,6 +216,7 @@ class AnomalyStep(_VisionStep):
 
 class DetectStep(_VisionStep):
     name = stage = "detect"
+    gated = True
 
     def __call__(self, batch: Batch) -> Batch:
         batch["boxes"] = _objects(["[]"] * batch_len(batch))
