@@ -105,6 +105,7 @@ STUDY_STATUS = pa.schema(
         pa.field("report_source", _str),
         pa.field("stage_seconds", pa.map_(_str, pa.float64())),
         pa.field("skipped_stages", pa.list_(_str)),  # stages not needed by the report (ilsgen.gating)
+        pa.field("transient", pa.bool_()),  # a failure worth retrying: the next run does it again (ilsgen.failures)
     ]
 )
 

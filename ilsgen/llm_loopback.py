@@ -5,7 +5,8 @@
 POST /v1/chat/completions answers one valid structured finding (an effusion in sentence 0)
 after `latency` seconds. With `max_concurrent`, at most that many requests are worked on at
 once and the others queue, like a real server's batch limit. GET /stats returns the number
-of requests and the peak number in flight (`peak`), and resets both. No model, no data:
+of requests and the peak number in flight (`peak`), and resets both; `fail = True` on the
+state makes every request a 500. No model, no data:
 it measures the client, never a language model.
 """
 
@@ -35,6 +36,7 @@ class LoopbackLLM:
         self.slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent > 0 else None
         self.lock = threading.Lock()
         self.requests = self.now = self.peak = 0
+        self.fail = False  # True: every request gets a 500 (a server in trouble)
 
     def work(self) -> bytes:
         with self.lock:
@@ -79,7 +81,10 @@ class LoopbackLLM:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self._send(state.work())
+                if state.fail:
+                    self._send(b'{"error": {"message": "unavailable"}}', 500)
+                else:
+                    self._send(state.work())
 
         return Handler
 

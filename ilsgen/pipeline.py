@@ -202,15 +202,37 @@ def _budget_message(cfg: Config, progress: RunProgress) -> str:
     )
 
 
+class StoreUnavailable(UserError):
+    """The store (or another service) stopped answering mid-run; finished batches are kept."""
+
+
 def run_generation(cfg: Config, input_uri: str, out_uri: str, *, engine: str = "ray", limit: int | None = None) -> dict:
-    """Run (or resume) a generation job; returns the run summary."""
-    from ilsgen.summary import summarize
+    """Run (or resume) a generation job under the run's lock; returns the run summary."""
+    from ilsgen.failures import is_transient
+    from ilsgen.run_lock import RunLock
 
     store = Store.from_config(cfg.store)
     run = store.child(out_uri)
+    try:
+        with RunLock(run):
+            return _run_locked(cfg, store, run, input_uri, engine, limit)
+    except UserError:
+        raise
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise StoreUnavailable(
+            f"the run stopped: a service it needs stopped answering ({type(exc).__name__}: {str(exc)[:300]}). "
+            f"Finished batches in {run.root_uri} are kept; run the same command again to resume.") from exc
+
+
+def _run_locked(cfg: Config, store: Store, run: Store, input_uri: str, engine: str, limit: int | None) -> dict:
+    from ilsgen.summary import summarize
+
     t0 = time.perf_counter()
     manifest = read_manifest(store, input_uri)
     run_layout.clean_orphans(run)
+    run_layout.release_transient(run)
     done = run_layout.finished_study_ids(run)
     todo = _todo(manifest, done, limit)
     log.info("run %s: %d studies in manifest, %d finished before, %d to do", run.root_uri, manifest.num_rows, len(done), todo.num_rows)

@@ -5,8 +5,8 @@ adds its columns and passes the others on. A study that fails in a step keeps it
 `status="failed"`, the step's name in `stage` and a readable `reason`; later steps skip it, and
 the writer records it. A step never raises for one bad study.
 
-Columns: study manifest columns (ils.schema.STUDY) -> + image, status, stage, reason, timings
-skipped (decode) -> + findings, report_source (report) -> + anatomy (anatomy) -> + anomaly (anomaly) ->
+Columns: study manifest columns (ils.schema.STUDY) -> + image, status, stage, reason, transient,
+timings, skipped (decode) -> + findings, report_source (report) -> + anatomy (anatomy) -> + anomaly (anomaly) ->
 + boxes (detect) -> fuse: findings/masks/pairs as JSON, mask PNGs written, image arrays dropped.
 """
 
@@ -43,8 +43,13 @@ def _ok_rows(batch: Batch) -> list[int]:
 
 
 def _fail(batch: Batch, i: int, stage: str, exc: BaseException) -> None:
+    from ilsgen.failures import is_transient
+
     batch["status"][i] = STATUS_FAILED
     batch["stage"][i] = stage
+    if "transient" not in batch:
+        batch["transient"] = _objects([False] * batch_len(batch))
+    batch["transient"][i] = is_transient(exc)
     # the message of our own errors is safe; others are reduced to their type and message
     batch["reason"][i] = f"{type(exc).__name__}: {str(exc)[:300]}"
 
@@ -107,6 +112,7 @@ class DecodeStep(Step):
         batch["reason"] = _objects([None] * n)
         batch["timings"] = _objects(["{}"] * n)
         batch["skipped"] = _objects(["[]"] * n)
+        batch["transient"] = _objects([False] * n)
         batch["image"] = np.zeros((n, self.size, self.size), np.float32)
         for i, report in enumerate(batch["report"]):
             if report is None or not str(report).strip():
