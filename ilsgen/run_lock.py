@@ -3,7 +3,8 @@
 The lock is taken before anything is written and released at the end (also on errors). A second
 `ils gen` on the same output refuses with a message naming the holder. A lock left behind by a
 killed run is taken over when it is stale: its holder's process is gone (same host), or its
-heartbeat (refreshed every `HEARTBEAT_S` by a daemon thread) is older than `STALE_S`.
+heartbeat (refreshed every `HEARTBEAT_S` by a daemon thread) is older than `STALE_S`, or it is
+this process's own from a run that failed before it could remove it.
 On a local store the lock file is created exclusively (O_EXCL); on S3 the holder writes it and
 reads it back (last writer wins, the loser sees another token and refuses).
 """
@@ -43,9 +44,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_HELD: set[str] = set()  # tokens of the locks this process holds now
+
+
 def _stale(info: dict[str, Any]) -> bool:
-    if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
-        return True
+    if info.get("host") == socket.gethostname():
+        pid = int(info.get("pid", -1))
+        if not _pid_alive(pid) or (pid == os.getpid() and info.get("token") not in _HELD):
+            return True  # its process is gone, or it is this process's own, left by a run that failed
     return time.time() - float(info.get("heartbeat", 0)) > STALE_S
 
 
@@ -92,6 +98,7 @@ class RunLock:
                 self.run.delete(LOCK)
                 held = None
             if held is None and self._create():
+                _HELD.add(self.token)
                 self._thread = threading.Thread(target=self._beat, name="run-lock", daemon=True)
                 self._thread.start()
                 return
@@ -103,19 +110,26 @@ class RunLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            held = self._read()
-            if held is None or held.get("token") != self.token:
-                log.error("the run lock %s was taken by another run", self.run.uri(LOCK))
-                return
-            self.run.write_text(LOCK, json.dumps(self._info()))
+            try:
+                held = json.loads(self.run.read_text(LOCK))
+                if held.get("token") != self.token:
+                    log.error("the run lock %s was taken by another run", self.run.uri(LOCK))
+                    return
+                self.run.write_text(LOCK, json.dumps(self._info()))
+            except (OSError, ValueError) as exc:  # the store is away for a moment: try again later
+                log.warning("cannot refresh the run lock %s: %s", self.run.uri(LOCK), exc)
 
     def release(self) -> None:
+        _HELD.discard(self.token)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        held = self._read()
-        if held is not None and held.get("token") == self.token:
-            self.run.delete(LOCK)
+        try:
+            held = self._read()
+            if held is not None and held.get("token") == self.token:
+                self.run.delete(LOCK)
+        except OSError as exc:  # the store is away: the lock is stale once this process ends
+            log.warning("cannot remove the run lock %s: %s", self.run.uri(LOCK), exc)
 
     def __enter__(self) -> "RunLock":
         self.acquire()

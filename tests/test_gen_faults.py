@@ -122,6 +122,10 @@ class _Proxy:
 
     def stop(self) -> None:
         if self.listener is not None:
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread, frees the port
+            except OSError:
+                pass
             self.listener.close()
             self.listener = None
         for c in self.conns:
@@ -190,7 +194,7 @@ def test_s3_outage_mid_run_stops_clearly_and_resumes(s3_bucket, monkeypatch, tmp
         summary = run_generation(cfg, "ph/manifest.parquet", "run", engine="plain")
     finally:
         proxy.stop()
-        proxy.start()
+    proxy.start()
     assert summary["studies"] == {"ok": 8}
     run = Store.from_config(cfg.store).child("run")
     ids = [r["study_id"] for r in _status(run)]
