@@ -153,6 +153,7 @@ class GenConfig:
     fuse_concurrency: int = 1
     anomaly_fit_studies: int = 48  # report-normal studies that fit the lite anomaly model
     gate_mask_stages: bool = True  # anomaly + detect only for studies with a finding needing a mask
+    compact_anomaly: bool = False  # anomaly maps as float16 between stages (half the bytes)
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """`ils gen`: regenerate an ILS dataset from studies, streaming on Ray Data (or a plain loop).
 
 decode -> structure report -> anatomy -> anomaly map -> detect -> fuse + verify + pairs -> write
+(the `stages` layout structures the report first, then decodes: no image moves through the
+report pool; anomaly and detect run only where a finding needs a mask, ilsgen.gating)
 
 Stateful stages (report, anatomy, anomaly, detect) run as actor pools sized by
 `gen.<stage>.concurrency` with `num_cpus`, `num_gpus`, custom `resources` and `batch_size` from
@@ -163,11 +165,12 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
     def sized(stage) -> dict:  # each stage's own batch size (GPU stages batch more)
         return {**common, "batch_size": max(1, stage.batch_size)}
 
-    ds = ds.map_batches(DecodeStep, **sized(gen.decode), **args, **_actor_opts(gen.decode))
-    # the report actor structures a whole batch at once: a batch as big as max_in_flight keeps it busy
+    # reports first: no image waits in the report pool (LLM latency), none moves through it; the
+    # report actor structures a whole batch at once, so a batch as big as max_in_flight keeps it busy
     from ilsgen.report.llm_client import in_flight
 
     ds = ds.map_batches(ReportStep, **{**common, "batch_size": max(bs, in_flight(gen.report))}, **args, **_actor_opts(gen.report))
+    ds = ds.map_batches(DecodeStep, **sized(gen.decode), **args, **_actor_opts(gen.decode))
     ds = ds.map_batches(AnatomyStep, **sized(gen.anatomy), **args, **_actor_opts(gen.anatomy))
     ds = ds.map_batches(AnomalyStep, **sized(gen.anomaly), fn_constructor_args=(cfg, anomaly_state), **_actor_opts(gen.anomaly))
     ds = ds.map_batches(DetectStep, **sized(gen.detect), **args, **_actor_opts(gen.detect))

@@ -5,6 +5,9 @@ adds its columns and passes the others on. A study that fails in a step keeps it
 `status="failed"`, the step's name in `stage` and a readable `reason`; later steps skip it, and
 the writer records it. A step never raises for one bad study.
 
+The stages layout runs report before decode (no image moves through the report pool); detect
+drops the image, the last step that reads it.
+
 Columns: study manifest columns (ils.schema.STUDY) -> + image, status, stage, reason, transient,
 timings, skipped (decode) -> + findings, report_source (report) -> + anatomy (anatomy) -> + anomaly (anomaly) ->
 + boxes (detect) -> fuse: findings/masks/pairs as JSON, mask PNGs written, image arrays dropped.
@@ -54,6 +57,22 @@ def _fail(batch: Batch, i: int, stage: str, exc: BaseException) -> None:
     batch["reason"][i] = f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
+def start_status(batch: Batch) -> None:
+    """The status columns of a fresh batch (whichever step sees it first); empty reports fail."""
+    if "status" in batch:
+        return
+    n = batch_len(batch)
+    batch["status"] = _objects([STATUS_OK] * n)
+    batch["stage"] = _objects([None] * n)
+    batch["reason"] = _objects([None] * n)
+    batch["timings"] = _objects(["{}"] * n)
+    batch["skipped"] = _objects(["[]"] * n)
+    batch["transient"] = _objects([False] * n)
+    for i, report in enumerate(batch["report"]):
+        if report is None or not str(report).strip():
+            _fail(batch, i, "report", ValueError("empty report"))
+
+
 def _add_time(batch: Batch, rows: list[int], stage: str, seconds: float) -> None:
     """Share a batch step's time equally among the rows it processed."""
     if not rows:
@@ -95,7 +114,7 @@ class Step:
 
 
 class DecodeStep(Step):
-    """image_uri -> image (S, S) float32 in [0, 1]; starts the status columns."""
+    """image_uri -> image (S, S) float32 in [0, 1]; starts the status columns unless the report step did."""
 
     name = "decode"
 
@@ -106,17 +125,8 @@ class DecodeStep(Step):
         self.max_bytes = cfg.image.max_bytes
 
     def __call__(self, batch: Batch) -> Batch:
-        n = batch_len(batch)
-        batch["status"] = _objects([STATUS_OK] * n)
-        batch["stage"] = _objects([None] * n)
-        batch["reason"] = _objects([None] * n)
-        batch["timings"] = _objects(["{}"] * n)
-        batch["skipped"] = _objects(["[]"] * n)
-        batch["transient"] = _objects([False] * n)
-        batch["image"] = np.zeros((n, self.size, self.size), np.float32)
-        for i, report in enumerate(batch["report"]):
-            if report is None or not str(report).strip():
-                _fail(batch, i, "report", ValueError("empty report"))
+        start_status(batch)
+        batch["image"] = np.zeros((batch_len(batch), self.size, self.size), np.float32)
         return super().__call__(batch)
 
     def process(self, batch: Batch, rows: list[int]) -> None:
@@ -146,6 +156,7 @@ class ReportStep(Step):
 
     def __call__(self, batch: Batch) -> Batch:
         n = batch_len(batch)
+        start_status(batch)  # the stages layout structures reports before decoding images
         batch.setdefault("findings", _objects(["[]"] * n))
         batch.setdefault("report_source", _objects([None] * n))
         return super().__call__(batch)
@@ -211,7 +222,9 @@ class AnomalyStep(_VisionStep):
 
     def __call__(self, batch: Batch) -> Batch:
         n = batch_len(batch)
-        batch["anomaly"] = np.zeros((n, self.cfg.image.size, self.cfg.image.size), np.float32)
+        # float16 halves the hand-off to detect and fuse (gen.compact_anomaly; maps are in [0, 1])
+        dtype = np.float16 if self.cfg.gen.compact_anomaly else np.float32
+        batch["anomaly"] = np.zeros((n, self.cfg.image.size, self.cfg.image.size), dtype)
         return super().__call__(batch)
 
     def process(self, batch: Batch, rows: list[int]) -> None:
@@ -224,14 +237,19 @@ class DetectStep(_VisionStep):
     name = stage = "detect"
     gated = True
 
+    drop_image = True  # the last step that needs the image: later hand-offs go without it
+
     def __call__(self, batch: Batch) -> Batch:
         batch["boxes"] = _objects(["[]"] * batch_len(batch))
-        return super().__call__(batch)
+        batch = super().__call__(batch)
+        if self.drop_image:
+            batch.pop("image", None)
+        return batch
 
     def process(self, batch: Batch, rows: list[int]) -> None:
         from dataclasses import asdict
 
-        boxes = self.backend.detect([batch["image"][i] for i in rows], [batch["anomaly"][i] for i in rows])
+        boxes = self.backend.detect([batch["image"][i] for i in rows], [batch["anomaly"][i].astype(np.float32) for i in rows])
         for i, bs in zip(rows, boxes):
             batch["boxes"][i] = json.dumps([asdict(b) for b in bs])
 
@@ -262,7 +280,7 @@ class FuseStep(Step):
             findings = json.loads(batch["findings"][i])
             boxes = json.loads(batch["boxes"][i])
             masks, pairs, arrays = study_outputs(
-                self.cfg, study, findings, batch["anatomy"][i], batch["anomaly"][i], boxes
+                self.cfg, study, findings, batch["anatomy"][i], batch["anomaly"][i].astype(np.float32), boxes
             )
             for rel, array in arrays.items():
                 self.run.write_png(rel, array)
