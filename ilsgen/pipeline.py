@@ -29,6 +29,7 @@ from ils.errors import UserError
 from ils.store import Store
 from ilsgen import run_layout
 from ilsgen.manifest import read_manifest
+from ilsgen.progress import StageBars, quiet_ray_data, tick
 from ilsgen.steps import AnatomyStep, AnomalyStep, DecodeStep, DetectStep, FuseStep, ReportStep, make_steps
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class WriteStep:
 
     def __call__(self, batch: dict) -> dict:
         run_layout.write_shards(self.run, run_layout.batch_rows(batch))
+        tick("write", len(batch["study_id"]))
         out = {k: batch[k] for k in ("study_id", "status")}
         for k in ("stage", "reason"):
             out[k] = np.array([run_layout.text_or_none(v) or "" for v in batch[k]], dtype=object)
@@ -100,15 +102,12 @@ def _batches(table: pa.Table, size: int) -> Iterator[dict]:
 
 def run_plain(cfg: Config, run: Store, todo: pa.Table, anomaly_state: Any, progress: RunProgress) -> None:
     """The same steps in one process, one batch at a time (baseline and debugging)."""
-    from tqdm import tqdm
-
     steps = make_steps(cfg, run.root_uri, anomaly_state) + [("write", WriteStep(cfg, run.root_uri))]
-    with tqdm(total=todo.num_rows, desc="gen (plain loop)", unit="study") as bar:
+    with StageBars(todo.num_rows, tuple(name for name, _ in steps)):
         for batch in _batches(todo, cfg.gen.report.batch_size):
             for _, step in steps:
                 batch = step(batch)
             progress.add(list(batch["status"]), list(batch["stage"]), list(batch["reason"]))
-            bar.update(len(batch["study_id"]))
             if progress.over_budget(cfg.gen.max_errored_fraction):
                 raise GenerationFailed(_budget_message(cfg, progress))
 
@@ -148,7 +147,7 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
 
     ctx = ray.data.DataContext.get_current()
     ctx.max_errored_blocks = 0  # per-study errors are rows; an unexpected block error fails loudly
-    ctx.enable_progress_bars = True
+    quiet_ray_data(ctx)  # one bar per stage from ilsgen.progress instead
     gen = cfg.gen
     bs = max(1, gen.report.batch_size)
     blocks = [todo.slice(i, bs) for i in range(0, todo.num_rows, bs)]
@@ -182,16 +181,14 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
 
 
 def run_ray(cfg: Config, run: Store, todo: pa.Table, anomaly_state: Any, progress: RunProgress) -> None:
-    from tqdm import tqdm
-
     from ils.runtime import init_ray
 
-    init_ray(cfg)
+    init_ray(cfg, log_to_driver=False)  # workers' warnings stay in the session's log files
     ds = build_dataset(cfg, run.root_uri, todo, anomaly_state)
-    with tqdm(total=todo.num_rows, desc="gen (ray data)", unit="study") as bar:
+    stages = ("report", "decode") if cfg.gen.layout == "stages" else ("decode", "report")
+    with StageBars(todo.num_rows, (*stages, "anatomy", "anomaly", "detect", "fuse", "write"), ray=True):
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             progress.add(list(out["status"]), list(out["stage"]), list(out["reason"]))
-            bar.update(len(out["study_id"]))
             if progress.over_budget(cfg.gen.max_errored_fraction):
                 raise GenerationFailed(_budget_message(cfg, progress))
 

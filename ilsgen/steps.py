@@ -25,6 +25,7 @@ import numpy as np
 from ils.config import Config
 from ils.schema import STATUS_FAILED, STATUS_OK
 from ils.store import Store
+from ilsgen.progress import tick
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Step:
                     except Exception as row_exc:  # noqa: BLE001 - recorded as the study's status
                         _fail(batch, i, self.name, row_exc)
         _add_time(batch, rows, self.name, time.perf_counter() - t0)
+        tick(self.name, batch_len(batch))
         return batch
 
     def process(self, batch: Batch, rows: list[int]) -> None:  # pragma: no cover - abstract

@@ -70,10 +70,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         neg = sum(v for k, v in p.items() if k.endswith("/neg"))
         lines.append(f"{lesion:<14}{f.get('present', 0):>7}{f.get('absent', 0):>9}{summary['masks'].get(lesion, 0):>7}{pos:>8}{neg:>8}")
     lines.append(f"pairs: {summary['pairs_total']} (" + ", ".join(f"{k} {v}" for k, v in sorted(summary["pairs_by_type"].items())) + ")")
-    if summary.get("skipped_stages"):
-        lines.append("studies that skipped a stage (no finding needs a mask): "
-                     + ", ".join(f"{k} {v}" for k, v in summary["skipped_stages"].items()))
-    lines.append("stage time share: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["stage_share"].items()))
+    skipped = summary.get("skipped_stages") or {}
+    lines.append(f"{'stage':<14}{'seconds':>9}{'share':>8}{'skipped':>9}   (skipped: no finding needs a mask)")
+    for stage, sec in summary["stage_seconds"].items():
+        lines.append(f"{stage:<14}{sec:>9.1f}{100 * summary['stage_share'].get(stage, 0):>7.1f}%{skipped.get(stage, 0):>9}")
     if "wall_seconds" in summary:
         lines.append(f"wall time: {summary['wall_seconds']:.1f} s ({summary.get('engine', '')})")
     return "\n".join(lines)
