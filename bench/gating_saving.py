@@ -5,7 +5,7 @@
 1. Phantoms (synthetic): `ils gen --engine plain` over the same N studies with
    `gen.gate_mask_stages` on and off, in this run: studies that skipped anomaly and detect,
    those stages' seconds (summary.json `stage_seconds`), wall time, and whether the pairs are
-   identical. The saving that does not depend on how busy the machine was between the two runs:
+   identical. Each setting runs twice (off, on, on, off) and the faster run is kept. The saving that does not depend on how busy the machine was between the two runs:
    the ungated run's anomaly + detect seconds on the studies the gated run skipped.
 2. MIMIC-like proportions: the CheXpert labels that ship in torchxrayvision
    (`torchxrayvision/data/chexpert_train.csv.gz`, 223K images labelled by the CheXpert labeler,
@@ -69,13 +69,18 @@ def phantom_runs(n: int, size: int, work: Path) -> dict:
     store = [f"store.uri={work}", f"image.size={size}"]
     _ils(["sample", "--n", str(n), "--seed", "11", "--out", "ph", "sample.size=1024", *store], env)
     out: dict = {}
-    for gate in ("false", "true"):
-        wall = _ils(["gen", "--engine", "plain", "--input", "ph/manifest.parquet", "--out", f"run_{gate}", *store,
+    # off, on, on, off: each setting once early and once late; the faster run of each is kept
+    for k, gate in enumerate(("false", "true", "true", "false")):
+        name = f"run_{gate}" if k < 2 else f"run_{gate}_2"
+        wall = _ils(["gen", "--engine", "plain", "--input", "ph/manifest.parquet", "--out", name, *store,
                      f"gen.gate_mask_stages={gate}"], env)
-        s = json.loads((work / f"run_{gate}" / "summary.json").read_text())
-        out["on" if gate == "true" else "off"] = {
-            "wall_s": round(wall, 2), "studies": s["studies"], "skipped_stages": s.get("skipped_stages", {}),
-            "stage_seconds": s["stage_seconds"], "pairs_total": s["pairs_total"]}
+        s = json.loads((work / name / "summary.json").read_text())
+        key = "on" if gate == "true" else "off"
+        row = {"wall_s": round(wall, 2), "studies": s["studies"], "skipped_stages": s.get("skipped_stages", {}),
+               "stage_seconds": s["stage_seconds"], "pairs_total": s["pairs_total"]}
+        out.setdefault(f"{key}_walls_s", []).append(row["wall_s"])
+        if key not in out or row["wall_s"] < out[key]["wall_s"]:
+            out[key] = row
     import pyarrow.parquet as pq
 
     def pairs(run: str):

@@ -63,11 +63,20 @@ def _backend(url: str):
         base_url=url, model="loopback", requests_per_second=0.0, max_retries=0, timeout_s=120.0)))
 
 
-def _measure(url: str, n: int, in_flight: int | None) -> dict:
-    """in_flight None: the baseline loop."""
+def _server_cpu(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def _measure(url: str, n: int, in_flight: int | None, server_pid: int) -> dict:
+    """in_flight None: the baseline loop. One warm-up request first (imports, first connection)."""
     from ilsgen.report.llm_client import structure_many
 
     backend = _backend(url)
+    backend.structure_ex("warm-up", REPORT)
+    s0 = _server_cpu(server_pid)
     items = [(f"b{i}", REPORT) for i in range(n)]
     c0, t0 = time.process_time(), time.perf_counter()
     if in_flight is None:
@@ -75,20 +84,23 @@ def _measure(url: str, n: int, in_flight: int | None) -> dict:
     else:
         results = structure_many(backend, items, in_flight)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    server_cpu = _server_cpu(server_pid) - s0
     ok = sum(1 for r in results if not isinstance(r, Exception) and r.source == "llm")
     return {"reports": n, "ok": ok, "wall_s": round(wall, 3), "reports_per_s": round(n / wall, 2),
-            "client_cpu_ms_per_report": round(1000 * cpu / n, 3)}
+            "client_cpu_ms_per_report": round(1000 * cpu / n, 3), "server_cpu_ms_per_report": round(1000 * server_cpu / n, 3),
+            "cpu_cores_busy": round((cpu + server_cpu) / wall, 2)}
 
 
-def _levels(url: str, latency: float, levels: list[int], rounds: int, cap: int) -> list[dict]:
+def _levels(url: str, pid: int, latency: float, levels: list[int], rounds: int, cap: int) -> list[dict]:
     out = []
     for k in levels:
         n = max(8, rounds * k)
-        row = {"in_flight": k, **_measure(url, n, k)}
+        row = {"in_flight": k, **_measure(url, n, k, pid)}
         limit = (min(k, cap) if cap else k) / latency
         row.update(limit_per_s=round(limit, 2), fraction_of_limit=round(row["reports_per_s"] / limit, 3))
         print(f"  in flight {k:>4}: {row['reports_per_s']:8.2f} reports/s  (limit {limit:.1f}, "
-              f"{100 * row['fraction_of_limit']:.0f} %), client CPU {row['client_cpu_ms_per_report']:.2f} ms/report", flush=True)
+              f"{100 * row['fraction_of_limit']:.0f} %), CPU ms/report client {row['client_cpu_ms_per_report']:.2f} "
+              f"server {row['server_cpu_ms_per_report']:.2f}, cores busy {row['cpu_cores_busy']:.2f}", flush=True)
         out.append(row)
     return out
 
@@ -127,13 +139,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "llm_throughput.json"))
     a = ap.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
-    result: dict = {"latency_s": a.latency, "cpus": os.cpu_count(), "python": platform.python_version(),
+    result: dict = {"load_average_at_start": os.getloadavg()[0], "latency_s": a.latency, "cpus": os.cpu_count(), "python": platform.python_version(),
                     "command": "python bench/llm_throughput.py " + " ".join(sys.argv[1:]), "data": "synthetic report text"}
     proc, url = _serve(a.latency, 0)
     try:
-        result["baseline"] = _measure(url, 8, None)
+        result["baseline"] = _measure(url, 8, None, proc.pid)
         print(f"baseline (one after another): {result['baseline']['reports_per_s']:.2f} reports/s", flush=True)
-        result["levels"] = _levels(url, a.latency, levels, a.rounds, 0)
+        result["levels"] = _levels(url, proc.pid, a.latency, levels, a.rounds, 0)
     finally:
         proc.terminate()
         proc.wait()
@@ -142,7 +154,7 @@ def main() -> None:
         proc, url = _serve(a.latency, a.cap)
         try:
             print(f"server capped at {a.cap} at once:")
-            result["capped"] = _levels(url, a.latency, levels, a.rounds, a.cap)
+            result["capped"] = _levels(url, proc.pid, a.latency, levels, a.rounds, a.cap)
         finally:
             proc.terminate()
             proc.wait()
