@@ -29,8 +29,9 @@ def _name() -> str:
     return f"ils-gen-progress-{ray.get_runtime_context().get_job_id()}"
 
 
-def tick(stage: str, n: int) -> None:
-    """Count n studies through `stage` (never raises: progress is not worth a failed study)."""
+def tick(stage: str, n: int) -> Any:
+    """Count n studies through `stage` (never raises: progress is not worth a failed study).
+    On Ray it returns the counter call's ObjectRef (nobody needs to wait for it), else None."""
     global _actor, _actor_looked_up
     if _local is not None:
         _local(stage, n)
@@ -43,9 +44,10 @@ def tick(stage: str, n: int) -> None:
             if ray.is_initialized():
                 _actor = ray.get_actor(_name())
         if _actor is not None:
-            _actor.add.remote(stage, n)
+            return _actor.add.remote(stage, n)
     except Exception:  # noqa: BLE001 - no counter (a plain call outside a run): nothing to show
         _actor = None
+    return None
 
 
 class _Counter:
