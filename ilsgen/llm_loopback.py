@@ -1,9 +1,10 @@
 """A loopback OpenAI-compatible chat endpoint with a set latency, for benchmarks and tests.
 
-    python -m ilsgen.llm_loopback --port 8123 --latency 0.5 [--max-concurrent 64]
+    python -m ilsgen.llm_loopback --port 8123 --latency 0.5 [--jitter 0.5] [--max-concurrent 64]
 
 POST /v1/chat/completions answers one valid structured finding (an effusion in sentence 0)
-after `latency` seconds. With `max_concurrent`, at most that many requests are worked on at
+after `latency` seconds (with `jitter` j: uniform in latency x [1 - j, 1 + j], the same mean,
+like answers of different lengths). With `max_concurrent`, at most that many requests are worked on at
 once and the others queue, like a real server's batch limit. GET /stats returns the number
 of requests and the peak number in flight (`peak`), and resets both; `fail = True` on the
 state makes every request a 500. No model, no data:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,8 +33,8 @@ def completion(content: str) -> bytes:
 class LoopbackLLM:
     """The server state: latency, the optional work cap, counters."""
 
-    def __init__(self, latency: float = 0.5, max_concurrent: int = 0):
-        self.latency = latency
+    def __init__(self, latency: float = 0.5, max_concurrent: int = 0, jitter: float = 0.0):
+        self.latency, self.jitter = latency, jitter
         self.slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent > 0 else None
         self.lock = threading.Lock()
         self.requests = self.now = self.peak = 0
@@ -43,12 +45,13 @@ class LoopbackLLM:
             self.requests += 1
             self.now += 1
             self.peak = max(self.peak, self.now)
+        delay = self.latency * (1 + self.jitter * random.uniform(-1, 1)) if self.jitter else self.latency
         try:
             if self.slots is not None:
                 with self.slots:
-                    time.sleep(self.latency)
+                    time.sleep(delay)
             else:
-                time.sleep(self.latency)
+                time.sleep(delay)
         finally:
             with self.lock:
                 self.now -= 1
@@ -107,8 +110,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--latency", type=float, default=0.5)
     ap.add_argument("--max-concurrent", type=int, default=0)
+    ap.add_argument("--jitter", type=float, default=0.0)
     a = ap.parse_args()
-    _Server(("127.0.0.1", a.port), LoopbackLLM(a.latency, a.max_concurrent).handler()).serve_forever()
+    _Server(("127.0.0.1", a.port), LoopbackLLM(a.latency, a.max_concurrent, a.jitter).handler()).serve_forever()
 
 
 if __name__ == "__main__":
