@@ -101,6 +101,7 @@ class LLMConfig:
     temperature: float = 0.0
     max_tokens: int = 768
     fallback_to_rules: bool = True
+    max_in_flight: int = 16  # concurrent requests per report actor (per process for `ils report`)
 
 
 @dataclass
@@ -151,6 +152,8 @@ class GenConfig:
     task_num_cpus: float = 0.25  # CPUs per fuse/write worker
     fuse_concurrency: int = 1
     anomaly_fit_studies: int = 48  # report-normal studies that fit the lite anomaly model
+    gate_mask_stages: bool = True  # anomaly + detect only for studies with a finding needing a mask
+    compact_anomaly: bool = False  # anomaly maps as float16 between stages (half the bytes)
 
 
 @dataclass

@@ -104,6 +104,8 @@ STUDY_STATUS = pa.schema(
         pa.field("n_pairs", pa.int32()),
         pa.field("report_source", _str),
         pa.field("stage_seconds", pa.map_(_str, pa.float64())),
+        pa.field("skipped_stages", pa.list_(_str)),  # stages not needed by the report (ilsgen.gating)
+        pa.field("transient", pa.bool_()),  # a failure worth retrying: the next run does it again (ilsgen.failures)
     ]
 )
 

@@ -1,6 +1,8 @@
 """`ils gen`: regenerate an ILS dataset from studies, streaming on Ray Data (or a plain loop).
 
 decode -> structure report -> anatomy -> anomaly map -> detect -> fuse + verify + pairs -> write
+(the `stages` layout structures the report first, then decodes: no image moves through the
+report pool; anomaly and detect run only where a finding needs a mask, ilsgen.gating)
 
 Stateful stages (report, anatomy, anomaly, detect) run as actor pools sized by
 `gen.<stage>.concurrency` with `num_cpus`, `num_gpus`, custom `resources` and `batch_size` from
@@ -27,6 +29,7 @@ from ils.errors import UserError
 from ils.store import Store
 from ilsgen import run_layout
 from ilsgen.manifest import read_manifest
+from ilsgen.progress import StageBars, quiet_ray_data, tick
 from ilsgen.steps import AnatomyStep, AnomalyStep, DecodeStep, DetectStep, FuseStep, ReportStep, make_steps
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ class WriteStep:
 
     def __call__(self, batch: dict) -> dict:
         run_layout.write_shards(self.run, run_layout.batch_rows(batch))
+        tick("write", len(batch["study_id"]))
         out = {k: batch[k] for k in ("study_id", "status")}
         for k in ("stage", "reason"):
             out[k] = np.array([run_layout.text_or_none(v) or "" for v in batch[k]], dtype=object)
@@ -98,15 +102,12 @@ def _batches(table: pa.Table, size: int) -> Iterator[dict]:
 
 def run_plain(cfg: Config, run: Store, todo: pa.Table, anomaly_state: Any, progress: RunProgress) -> None:
     """The same steps in one process, one batch at a time (baseline and debugging)."""
-    from tqdm import tqdm
-
     steps = make_steps(cfg, run.root_uri, anomaly_state) + [("write", WriteStep(cfg, run.root_uri))]
-    with tqdm(total=todo.num_rows, desc="gen (plain loop)", unit="study") as bar:
+    with StageBars(todo.num_rows, tuple(name for name, _ in steps)):
         for batch in _batches(todo, cfg.gen.report.batch_size):
             for _, step in steps:
                 batch = step(batch)
             progress.add(list(batch["status"]), list(batch["stage"]), list(batch["reason"]))
-            bar.update(len(batch["study_id"]))
             if progress.over_budget(cfg.gen.max_errored_fraction):
                 raise GenerationFailed(_budget_message(cfg, progress))
 
@@ -146,7 +147,7 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
 
     ctx = ray.data.DataContext.get_current()
     ctx.max_errored_blocks = 0  # per-study errors are rows; an unexpected block error fails loudly
-    ctx.enable_progress_bars = True
+    quiet_ray_data(ctx)  # one bar per stage from ilsgen.progress instead
     gen = cfg.gen
     bs = max(1, gen.report.batch_size)
     blocks = [todo.slice(i, bs) for i in range(0, todo.num_rows, bs)]
@@ -163,8 +164,12 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
     def sized(stage) -> dict:  # each stage's own batch size (GPU stages batch more)
         return {**common, "batch_size": max(1, stage.batch_size)}
 
+    # reports first: no image waits in the report pool (LLM latency), none moves through it; the
+    # report actor structures a whole batch at once, so a batch as big as max_in_flight keeps it busy
+    from ilsgen.report.llm_client import in_flight
+
+    ds = ds.map_batches(ReportStep, **{**common, "batch_size": max(bs, in_flight(gen.report))}, **args, **_actor_opts(gen.report))
     ds = ds.map_batches(DecodeStep, **sized(gen.decode), **args, **_actor_opts(gen.decode))
-    ds = ds.map_batches(ReportStep, **common, **args, **_actor_opts(gen.report))
     ds = ds.map_batches(AnatomyStep, **sized(gen.anatomy), **args, **_actor_opts(gen.anatomy))
     ds = ds.map_batches(AnomalyStep, **sized(gen.anomaly), fn_constructor_args=(cfg, anomaly_state), **_actor_opts(gen.anomaly))
     ds = ds.map_batches(DetectStep, **sized(gen.detect), **args, **_actor_opts(gen.detect))
@@ -176,16 +181,14 @@ def build_dataset(cfg: Config, run_uri: str, todo: pa.Table, anomaly_state: Any)
 
 
 def run_ray(cfg: Config, run: Store, todo: pa.Table, anomaly_state: Any, progress: RunProgress) -> None:
-    from tqdm import tqdm
-
     from ils.runtime import init_ray
 
-    init_ray(cfg)
+    init_ray(cfg, log_to_driver=False)  # workers' warnings stay in the session's log files
     ds = build_dataset(cfg, run.root_uri, todo, anomaly_state)
-    with tqdm(total=todo.num_rows, desc="gen (ray data)", unit="study") as bar:
+    stages = ("report", "decode") if cfg.gen.layout == "stages" else ("decode", "report")
+    with StageBars(todo.num_rows, (*stages, "anatomy", "anomaly", "detect", "fuse", "write"), ray=True):
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             progress.add(list(out["status"]), list(out["stage"]), list(out["reason"]))
-            bar.update(len(out["study_id"]))
             if progress.over_budget(cfg.gen.max_errored_fraction):
                 raise GenerationFailed(_budget_message(cfg, progress))
 
@@ -199,15 +202,37 @@ def _budget_message(cfg: Config, progress: RunProgress) -> str:
     )
 
 
+class StoreUnavailable(UserError):
+    """The store (or another service) stopped answering mid-run; finished batches are kept."""
+
+
 def run_generation(cfg: Config, input_uri: str, out_uri: str, *, engine: str = "ray", limit: int | None = None) -> dict:
-    """Run (or resume) a generation job; returns the run summary."""
-    from ilsgen.summary import summarize
+    """Run (or resume) a generation job under the run's lock; returns the run summary."""
+    from ilsgen.failures import is_transient
+    from ilsgen.run_lock import RunLock
 
     store = Store.from_config(cfg.store)
     run = store.child(out_uri)
+    try:
+        with RunLock(run):
+            return _run_locked(cfg, store, run, input_uri, engine, limit)
+    except UserError:
+        raise
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise StoreUnavailable(
+            f"the run stopped: a service it needs stopped answering ({type(exc).__name__}: {str(exc)[:300]}). "
+            f"Finished batches in {run.root_uri} are kept; run the same command again to resume.") from exc
+
+
+def _run_locked(cfg: Config, store: Store, run: Store, input_uri: str, engine: str, limit: int | None) -> dict:
+    from ilsgen.summary import summarize
+
     t0 = time.perf_counter()
     manifest = read_manifest(store, input_uri)
     run_layout.clean_orphans(run)
+    run_layout.release_transient(run)
     done = run_layout.finished_study_ids(run)
     todo = _todo(manifest, done, limit)
     log.info("run %s: %d studies in manifest, %d finished before, %d to do", run.root_uri, manifest.num_rows, len(done), todo.num_rows)

@@ -11,14 +11,17 @@
 One batch of studies writes its four shards under one id; the status shard is published last.
 A study is finished when a status row names it. On a re-run, shards without their status shard
 (a run killed between writes) are deleted first and their studies processed again, so nothing
-is written twice and nothing is lost.
+is written twice and nothing is lost. The shard id is a hash of the batch's study ids, so a batch
+that runs twice (a Ray task retried after its worker died) overwrites its own shards. Studies
+that failed for a transient reason (`transient` in the status row) are released at the start
+of the next run and done again; permanent failures stay finished.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
+import hashlib
 from typing import Any
 
 import pyarrow as pa
@@ -63,9 +66,33 @@ def finished_study_ids(run: Store) -> set[str]:
     return set(table.column("study_id").to_pylist()) if table.num_rows else set()
 
 
+def part_id(study_ids: list[str]) -> str:
+    """A batch's shard id from its studies: a batch done again (a retried Ray task, a worker
+    killed after publishing) overwrites its own shards instead of adding copies."""
+    return hashlib.sha1("\n".join(sorted(study_ids)).encode()).hexdigest()[:32]
+
+
+def release_transient(run: Store) -> int:
+    """Drop the status rows of studies that failed for a transient reason (ilsgen.failures), so
+    the next run does them again; returns how many. Each status shard is rewritten whole (one
+    atomic publish); failed studies have no rows in the other tables."""
+    released = 0
+    for rel in run.list(STATUS_DIR, recursive=False, suffix=".parquet"):
+        table = run.read_parquet(rel, schema=STUDY_STATUS)
+        flags = table.column("transient").to_pylist()
+        n = sum(1 for f in flags if f)
+        if n:
+            keep = pa.array([not f for f in flags])
+            run.write_parquet(rel, table.filter(keep))
+            released += n
+    if released:
+        log.info("%d studies failed for a transient reason before; they run again", released)
+    return released
+
+
 def write_shards(run: Store, rows: dict[str, list[dict[str, Any]]]) -> str:
-    """Publish one batch's tables under a fresh id, the status table last."""
-    part = uuid.uuid4().hex
+    """Publish one batch's tables under the batch's id, the status table last."""
+    part = part_id([r["study_id"] for r in rows.get("status", [])])
     for table in ("pairs", "findings", "mask_index", "status"):
         data = conform(rows.get(table, []), TABLES[table])
         run.write_parquet(f"{table}/part-{part}.parquet", data)
@@ -102,6 +129,8 @@ def batch_rows(batch: dict) -> dict[str, list[dict[str, Any]]]:
                 "n_pairs": len(pairs),
                 "report_source": text_or_none(batch["report_source"][i]) if "report_source" in batch else None,
                 "stage_seconds": list(json.loads(batch["timings"][i]).items()),
+                "skipped_stages": json.loads(batch["skipped"][i]) if "skipped" in batch else [],
+                "transient": bool(batch["transient"][i]) if "transient" in batch and not ok else None,
             }
         )
     return out

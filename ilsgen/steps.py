@@ -5,8 +5,11 @@ adds its columns and passes the others on. A study that fails in a step keeps it
 `status="failed"`, the step's name in `stage` and a readable `reason`; later steps skip it, and
 the writer records it. A step never raises for one bad study.
 
-Columns: study manifest columns (ils.schema.STUDY) -> + image, status, stage, reason, timings
-(decode) -> + findings, report_source (report) -> + anatomy (anatomy) -> + anomaly (anomaly) ->
+The stages layout runs report before decode (no image moves through the report pool); detect
+drops the image, the last step that reads it.
+
+Columns: study manifest columns (ils.schema.STUDY) -> + image, status, stage, reason, transient,
+timings, skipped (decode) -> + findings, report_source (report) -> + anatomy (anatomy) -> + anomaly (anomaly) ->
 + boxes (detect) -> fuse: findings/masks/pairs as JSON, mask PNGs written, image arrays dropped.
 """
 
@@ -22,6 +25,7 @@ import numpy as np
 from ils.config import Config
 from ils.schema import STATUS_FAILED, STATUS_OK
 from ils.store import Store
+from ilsgen.progress import tick
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +47,31 @@ def _ok_rows(batch: Batch) -> list[int]:
 
 
 def _fail(batch: Batch, i: int, stage: str, exc: BaseException) -> None:
+    from ilsgen.failures import is_transient
+
     batch["status"][i] = STATUS_FAILED
     batch["stage"][i] = stage
+    if "transient" not in batch:
+        batch["transient"] = _objects([False] * batch_len(batch))
+    batch["transient"][i] = is_transient(exc)
     # the message of our own errors is safe; others are reduced to their type and message
     batch["reason"][i] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def start_status(batch: Batch) -> None:
+    """The status columns of a fresh batch (whichever step sees it first); empty reports fail."""
+    if "status" in batch:
+        return
+    n = batch_len(batch)
+    batch["status"] = _objects([STATUS_OK] * n)
+    batch["stage"] = _objects([None] * n)
+    batch["reason"] = _objects([None] * n)
+    batch["timings"] = _objects(["{}"] * n)
+    batch["skipped"] = _objects(["[]"] * n)
+    batch["transient"] = _objects([False] * n)
+    for i, report in enumerate(batch["report"]):
+        if report is None or not str(report).strip():
+            _fail(batch, i, "report", ValueError("empty report"))
 
 
 def _add_time(batch: Batch, rows: list[int], stage: str, seconds: float) -> None:
@@ -65,8 +90,12 @@ class Step:
 
     name = "step"
 
+    def rows(self, batch: Batch) -> list[int]:
+        """The rows this step works on: those still ok."""
+        return _ok_rows(batch)
+
     def __call__(self, batch: Batch) -> Batch:
-        rows = _ok_rows(batch)
+        rows = self.rows(batch)
         t0 = time.perf_counter()
         if rows:
             try:
@@ -79,6 +108,7 @@ class Step:
                     except Exception as row_exc:  # noqa: BLE001 - recorded as the study's status
                         _fail(batch, i, self.name, row_exc)
         _add_time(batch, rows, self.name, time.perf_counter() - t0)
+        tick(self.name, batch_len(batch))
         return batch
 
     def process(self, batch: Batch, rows: list[int]) -> None:  # pragma: no cover - abstract
@@ -86,7 +116,7 @@ class Step:
 
 
 class DecodeStep(Step):
-    """image_uri -> image (S, S) float32 in [0, 1]; starts the status columns."""
+    """image_uri -> image (S, S) float32 in [0, 1]; starts the status columns unless the report step did."""
 
     name = "decode"
 
@@ -97,15 +127,8 @@ class DecodeStep(Step):
         self.max_bytes = cfg.image.max_bytes
 
     def __call__(self, batch: Batch) -> Batch:
-        n = batch_len(batch)
-        batch["status"] = _objects([STATUS_OK] * n)
-        batch["stage"] = _objects([None] * n)
-        batch["reason"] = _objects([None] * n)
-        batch["timings"] = _objects(["{}"] * n)
-        batch["image"] = np.zeros((n, self.size, self.size), np.float32)
-        for i, report in enumerate(batch["report"]):
-            if report is None or not str(report).strip():
-                _fail(batch, i, "report", ValueError("empty report"))
+        start_status(batch)
+        batch["image"] = np.zeros((batch_len(batch), self.size, self.size), np.float32)
         return super().__call__(batch)
 
     def process(self, batch: Batch, rows: list[int]) -> None:
@@ -135,29 +158,50 @@ class ReportStep(Step):
 
     def __call__(self, batch: Batch) -> Batch:
         n = batch_len(batch)
+        start_status(batch)  # the stages layout structures reports before decoding images
         batch.setdefault("findings", _objects(["[]"] * n))
         batch.setdefault("report_source", _objects([None] * n))
         return super().__call__(batch)
 
     def process(self, batch: Batch, rows: list[int]) -> None:
-        for i in rows:
+        from ilsgen.report.llm_client import in_flight, structure_many
+
+        # up to gen.report.llm.max_in_flight reports at once; a study that fails fails alone
+        # (never raised to the batch, so no report is sent twice)
+        items = [(str(batch["study_id"][i]), str(batch["report"][i])) for i in rows]
+        for i, result in zip(rows, structure_many(self.backend, items, in_flight(self.cfg.gen.report))):
+            if isinstance(result, Exception):
+                _fail(batch, i, self.name, result)
+                continue
             # structure_ex tells where the rows came from (llm | llm_fallback | rules), also
             # for a report without findings; the summary counts fallbacks from it
-            result = self.backend.structure_ex(str(batch["study_id"][i]), str(batch["report"][i]))
             batch["findings"][i] = json.dumps(result.rows)
             batch["report_source"][i] = result.source
 
 
 class _VisionStep(Step):
     stage = ""
+    gated = False  # True: only for studies with a finding that needs a lesion mask (ilsgen.gating)
 
     def __init__(self, cfg: Config, state: Any = None):
         from ilsgen.stages.registry import make_backend
 
         self.cfg = cfg
+        self.gate = self.gated and cfg.gen.gate_mask_stages
         self.backend = make_backend(self.stage, getattr(cfg.gen, self.stage), cfg.image.size)
         if state is not None and hasattr(self.backend, "set_state"):
             self.backend.set_state(state)
+
+    def rows(self, batch: Batch) -> list[int]:
+        rows = super().rows(batch)
+        if not self.gate:
+            return rows
+        from ilsgen.gating import needs_mask_json
+
+        needed = [i for i in rows if needs_mask_json(batch["findings"][i])]
+        for i in set(rows) - set(needed):
+            batch["skipped"][i] = json.dumps(json.loads(batch["skipped"][i]) + [self.name])
+        return needed
 
 
 class AnatomyStep(_VisionStep):
@@ -176,10 +220,13 @@ class AnatomyStep(_VisionStep):
 
 class AnomalyStep(_VisionStep):
     name = stage = "anomaly"
+    gated = True
 
     def __call__(self, batch: Batch) -> Batch:
         n = batch_len(batch)
-        batch["anomaly"] = np.zeros((n, self.cfg.image.size, self.cfg.image.size), np.float32)
+        # float16 halves the hand-off to detect and fuse (gen.compact_anomaly; maps are in [0, 1])
+        dtype = np.float16 if self.cfg.gen.compact_anomaly else np.float32
+        batch["anomaly"] = np.zeros((n, self.cfg.image.size, self.cfg.image.size), dtype)
         return super().__call__(batch)
 
     def process(self, batch: Batch, rows: list[int]) -> None:
@@ -190,15 +237,21 @@ class AnomalyStep(_VisionStep):
 
 class DetectStep(_VisionStep):
     name = stage = "detect"
+    gated = True
+
+    drop_image = True  # the last step that needs the image: later hand-offs go without it
 
     def __call__(self, batch: Batch) -> Batch:
         batch["boxes"] = _objects(["[]"] * batch_len(batch))
-        return super().__call__(batch)
+        batch = super().__call__(batch)
+        if self.drop_image:
+            batch.pop("image", None)
+        return batch
 
     def process(self, batch: Batch, rows: list[int]) -> None:
         from dataclasses import asdict
 
-        boxes = self.backend.detect([batch["image"][i] for i in rows], [batch["anomaly"][i] for i in rows])
+        boxes = self.backend.detect([batch["image"][i] for i in rows], [batch["anomaly"][i].astype(np.float32) for i in rows])
         for i, bs in zip(rows, boxes):
             batch["boxes"][i] = json.dumps([asdict(b) for b in bs])
 
@@ -229,7 +282,7 @@ class FuseStep(Step):
             findings = json.loads(batch["findings"][i])
             boxes = json.loads(batch["boxes"][i])
             masks, pairs, arrays = study_outputs(
-                self.cfg, study, findings, batch["anatomy"][i], batch["anomaly"][i], boxes
+                self.cfg, study, findings, batch["anatomy"][i], batch["anomaly"][i].astype(np.float32), boxes
             )
             for rel, array in arrays.items():
                 self.run.write_png(rel, array)

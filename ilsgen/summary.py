@@ -17,7 +17,8 @@ def _rows(run: Store, table: str, schema, columns: list[str]) -> list[dict[str, 
 
 def summarize(run: Store, **extra: Any) -> dict[str, Any]:
     """Aggregate a run's shards into a JSON-able summary."""
-    status = _rows(run, "status", STUDY_STATUS, ["study_id", "status", "stage", "reason", "report_source", "stage_seconds"])
+    status = _rows(run, "status", STUDY_STATUS, ["study_id", "status", "stage", "reason", "report_source", "stage_seconds",
+                                                 "skipped_stages"])
     findings = _rows(run, "findings", FINDING, ["lesion", "present", "certainty"])
     masks = _rows(run, "mask_index", MASK, ["lesion"])
     pairs = _rows(run, "pairs", PAIR, ["type", "lesion", "presence"])
@@ -48,6 +49,7 @@ def summarize(run: Store, **extra: Any) -> dict[str, Any]:
         "pairs_by_lesion": {k: dict(v) for k, v in sorted(pairs_by.items())},
         "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
         "stage_share": {k: round(v / total_sec, 4) for k, v in sorted(stage_seconds.items())},
+        "skipped_stages": dict(sorted(Counter(s for r in status for s in r.get("skipped_stages") or []).items())),
         **extra,
     }
 
@@ -68,7 +70,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         neg = sum(v for k, v in p.items() if k.endswith("/neg"))
         lines.append(f"{lesion:<14}{f.get('present', 0):>7}{f.get('absent', 0):>9}{summary['masks'].get(lesion, 0):>7}{pos:>8}{neg:>8}")
     lines.append(f"pairs: {summary['pairs_total']} (" + ", ".join(f"{k} {v}" for k, v in sorted(summary["pairs_by_type"].items())) + ")")
-    lines.append("stage time share: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["stage_share"].items()))
+    skipped = summary.get("skipped_stages") or {}
+    lines.append(f"{'stage':<14}{'seconds':>9}{'share':>8}{'skipped':>9}   (skipped: no finding needs a mask)")
+    for stage, sec in summary["stage_seconds"].items():
+        lines.append(f"{stage:<14}{sec:>9.1f}{100 * summary['stage_share'].get(stage, 0):>7.1f}%{skipped.get(stage, 0):>9}")
     if "wall_seconds" in summary:
         lines.append(f"wall time: {summary['wall_seconds']:.1f} s ({summary.get('engine', '')})")
     return "\n".join(lines)

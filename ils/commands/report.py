@@ -36,11 +36,15 @@ def run(args, cfg) -> int:
 
     if args.backend:
         cfg.gen.report.backend = args.backend
+    from ilsgen.report.llm_client import in_flight, structure_many
+
     backend = make_report_backend(cfg.gen.report)
     files = args.positionals or ["-"]
-    for name in files:
-        text = _read(name)
-        result = backend.structure_ex(name, text)
+    texts = [(name, _read(name)) for name in files]
+    # gen.report.llm.max_in_flight reports at once; printed in input order
+    for name, result in zip(files, structure_many(backend, texts, in_flight(cfg.gen.report))):
+        if isinstance(result, Exception):
+            raise result
         for row in result.rows:
             print(json.dumps({
                 "file": name, "lesion": row["lesion"], "presence": row["present"], "certainty": row["certainty"],

@@ -7,7 +7,8 @@ Each report: numbered sentences -> one chat completion with a JSON-schema respon
 (invalid ones dropped and counted). Transport errors, 5xx, timeouts and unparseable answers are
 retried with exponential backoff; after `max_retries` retries the report goes to the rules
 backend (source "llm_fallback") when `fallback_to_rules`, else `LLMReportError` is raised.
-Requests are spaced by a client-side rate limit shared by the threads of one process.
+Requests are spaced by a client-side rate limit shared by the threads of one process; many
+reports are structured at once by `ilsgen.report.llm_client.structure_many`.
 `stats()` returns the counters for the run summary.
 """
 
@@ -139,13 +140,14 @@ class LLMReportBackend:
             self.counters[key] += n
 
     def client(self):
-        if self._client is None:
-            import openai
+        with self._lock:  # one client (one connection pool) for all threads of this backend
+            if self._client is None:
+                import openai
 
-            llm = self.cfg.llm
-            key = os.environ.get(llm.api_key_env or "", "") or DUMMY_API_KEY
-            self._client = openai.OpenAI(base_url=llm.base_url, api_key=key, timeout=llm.timeout_s, max_retries=0)
-        return self._client
+                llm = self.cfg.llm
+                key = os.environ.get(llm.api_key_env or "", "") or DUMMY_API_KEY
+                self._client = openai.OpenAI(base_url=llm.base_url, api_key=key, timeout=llm.timeout_s, max_retries=0)
+            return self._client
 
     def _ask(self, sentences: list[str]) -> str:
         llm = self.cfg.llm
