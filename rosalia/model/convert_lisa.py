@@ -248,7 +248,10 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # not a zip archive (legacy format): no mmap
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(f"cannot read {path.name} as a torch state dict: {exc}") from exc
     except Exception as exc:  # pickle with non-tensor objects, corrupt file
         raise ModelError(f"cannot read {path.name} as a torch state dict: {exc}") from exc
     for wrapper in ("module", "state_dict", "model"):  # DeepSpeed / Lightning style wrappers
