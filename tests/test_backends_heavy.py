@@ -294,6 +294,30 @@ def test_cxas_errors(tmp_path):
         CxasAnatomy(StageConfig(backend="cxas", weights=str(tmp_path / "junk.pth")), 32)
 
 
+def test_cxas_resizes_like_the_cxas_package(tmp_path):
+    """Input at 64 px from a 40 px image: cxas's own order (normalise, then F.interpolate's default nearest)."""
+    import torch.nn.functional as F
+
+    from ilsgen.stages.anatomy_cxas import CHECKPOINT_NAME, IMAGENET_MEAN, IMAGENET_STD, CxasAnatomy
+
+    _cxas_checkpoint(tmp_path / CHECKPOINT_NAME, on=("heart",))
+    backend = CxasAnatomy(StageConfig(backend="cxas", weights=str(tmp_path), options={"input_size": 64}), 40)
+    seen = []
+    real = backend.model._forward
+    backend.model._forward = lambda x: (seen.append(x.clone()), real(x))[1]
+    image = np.random.default_rng(2).random((40, 40), dtype=np.float32)
+    backend.segment([image])
+    t = torch.from_numpy(image)[None].repeat(3, 1, 1)
+    t = (t - torch.tensor(IMAGENET_MEAN).view(-1, 1, 1)) / torch.tensor(IMAGENET_STD).view(-1, 1, 1)
+    torch.testing.assert_close(seen[0], F.interpolate(t[None], 64))  # cxas: F.interpolate(array.unsqueeze(0), 512)
+    smooth = CxasAnatomy(StageConfig(backend="cxas", weights=str(tmp_path), options={"input_size": 64, "input_resize": "bilinear"}), 40)
+    smooth.model._forward = lambda x: (seen.append(x.clone()), real(x))[1]
+    smooth.segment([image])
+    assert not torch.allclose(seen[1], seen[0])
+    with pytest.raises(UserError, match="input_resize"):
+        CxasAnatomy(StageConfig(backend="cxas", weights=str(tmp_path), options={"input_resize": "area"}), 40)
+
+
 # -- yolo + detector training ------------------------------------------------------------------------
 def write_phantom_folder(root: Path, n: int = 8, size: int = 96) -> Path:
     """A synthetic folder in the `ils sample` layout: manifest.parquet, images, truth/masks.parquet + PNGs."""
