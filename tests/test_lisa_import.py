@@ -263,3 +263,20 @@ def test_cli_prompt_style_option(source, tmp_path):
     assert main(["--log-level", "WARNING", "convert-lisa", str(folder), str(out), "--vision-tower", str(clip),
                  "--prompt-style", "llava_v1_no_im_tags", "model.image_size=64", "model.clip_size=32"]) == 0
     assert json.loads((out / "rosalia.json").read_text())["prompt_style"] == "llava_v1_no_im_tags"
+
+
+def test_s3_folder_source(source, tmp_path, s3_bucket):
+    """An s3:// LISA folder: its tokenizer is fetched and checked first, the converted tokenizer saved."""
+    from ils.config import StoreConfig
+    from ils.store import Store
+
+    folder, clip, *_ = source
+    endpoint, bucket = s3_bucket
+    st = Store.from_config(StoreConfig(uri=f"s3://{bucket}", endpoint=endpoint))
+    for f in folder.iterdir():
+        st.write_bytes(f"lisa/{f.name}", f.read_bytes())
+    cfg = load_config(None, ["model.image_size=64", "model.clip_size=32"])
+    summary = convert(f"s3://{bucket}/lisa", str(tmp_path / "ck"), cfg.model, vision_tower=str(clip), store=st)
+    assert summary["prompt_style"] == "llava_v1"
+    conv = load_model(str(tmp_path / "ck"))
+    assert conv.tokenizer.convert_tokens_to_ids(["[SEG]", "<im_start>", "<im_end>"]) == [N_SP, N_SP + 1, N_SP + 2]

@@ -291,8 +291,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def local_copy(src: str, store=None, tmp_root: str | None = None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """A local path for `src` (a path, or an s3:// file or folder fetched through `ils.store.Store`)."""
+def local_copy(src: str, store=None, tmp_root: str | None = None,
+               skip_weights: bool = False) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """A local path for `src` (a path, or an s3:// file or folder fetched through `ils.store.Store`).
+
+    `skip_weights`: fetch only the small files (config.json, tokenizer) of a remote folder.
+    """
     if "://" not in src or src.startswith("file://"):
         p = Path(src.removeprefix("file://")).expanduser()
         if not p.exists():
@@ -311,6 +315,10 @@ def local_copy(src: str, store=None, tmp_root: str | None = None) -> tuple[Path,
             tmp.cleanup()
             raise ModelError(f"no such file or folder: {src}")
         files, base = [name], base / "file"
+    if skip_weights:
+        files = [f for f in files if not f.endswith(WEIGHT_SUFFIXES)]
+        if not files or base.name == "file":
+            return Path(tmp.name), tmp
     for rel in files:
         target = base / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -403,15 +411,20 @@ def convert(
     from rosalia.model.config import add_special_tokens
     from rosalia.prompting import get_style
 
+    # 1. config.json and the tokenizer: cheap, checked before any weight is read (or fetched)
+    meta_path, meta_tmp = local_copy(src, store, skip_weights=True)
+    try:
+        scfg = SourceConfig.read(meta_path)
+        style = get_style(scfg.prompt_style() if prompt_style == "auto" else prompt_style)
+        tok = _tokenizer(tokenizer, meta_path, size, store)
+    finally:
+        if meta_tmp is not None:
+            meta_tmp.cleanup()
+    vocab_rows = scfg.get("vocab_size")
+    seg_id = check_tokenizer(tok, style.extra_tokens, int(vocab_rows) if vocab_rows else None)
+    # 2. the weights
     src_path, tmp = local_copy(src, store)
     try:
-        # 1. config.json and the tokenizer: cheap, checked before any weight is read
-        scfg = SourceConfig.read(src_path)
-        style = get_style(scfg.prompt_style() if prompt_style == "auto" else prompt_style)
-        tok = _tokenizer(tokenizer, src_path, size, store)
-        vocab_rows = scfg.get("vocab_size")
-        seg_id = check_tokenizer(tok, style.extra_tokens, int(vocab_rows) if vocab_rows else None)
-        # 2. the weights
         sd = _strip_wrappers(read_state_dict(src_path))
         check_lora(sd)
         if vision_tower:
