@@ -260,25 +260,26 @@ def measure_radedit(device, dtype, gpu: str, deadline: float, tiny: bool, batch:
 
 
 def measure_cxas(device, dtype, gpu: str, deadline: float, tiny: bool, batch: int = 16) -> dict[str, Any]:
-    """CXAS (ResNet-50 U-Net, 159 classes) images/s at `batch`, 512 px (64 px for --vision-tiny)."""
+    """CXAS (ResNet-50 U-Net, 159 classes) images/s at `batch`, 512 px (32 px for --vision-tiny)."""
     import torch
 
     from ilsgen.stages.anatomy_cxas import CxasUNet
 
     if time.time() > deadline:
         return {"skipped": "time budget"}
-    px = 64 if tiny else 512
+    px = 32 if tiny else 512
+    reps = 1 if tiny else 3
     net = CxasUNet().to(device, dtype).eval()
     x = torch.randn(batch, 3, px, px, device=device, dtype=dtype)
     with torch.no_grad():
         net._forward(x)
         _sync(device)
         t = time.perf_counter()
-        for _ in range(3):
+        for _ in range(reps):
             net._forward(x)
         _sync(device)
-        wall = (time.perf_counter() - t) / 3
-    flops = count_flops(lambda: CxasUNet()._forward(torch.randn(1, 3, px, px)))
+        wall = (time.perf_counter() - t) / reps
+    flops = count_flops(lambda: CxasUNet().eval()._forward(torch.randn(1, 3, px, px)))
     res = {"batch": batch, "px": px, "batch_s": wall, "images_per_s": batch / wall, "gflop_per_image": flops / 1e9}
     peak = peak_tflops(gpu)
     if peak:
@@ -323,13 +324,15 @@ def main(argv: list[str] | None = None) -> dict:
     train = measure_train(model, device, _ints(args.train_batches), deadline)
     seg = measure_segmenter(model, device, _ints(args.seg_batches), deadline, args.image_px)
     vision: dict[str, Any] = {}
-    if args.vision:
+    if args.vision and device.type != "cuda" and not args.vision_tiny:
+        vision["skipped"] = "no GPU: real-size RadEdit/CXAS are GPU work (--vision-tiny for a CPU dry run)"
+    elif args.vision:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
         vision["radedit"] = measure_radedit(device, dtype, gpu, deadline, args.vision_tiny, batch=args.radedit_batch,
                                             steps=2 if args.vision_tiny else 50)
-        vision["cxas"] = measure_cxas(device, dtype, gpu, deadline, args.vision_tiny, batch=2 if args.vision_tiny else 16)
+        vision["cxas"] = measure_cxas(device, dtype, gpu, deadline, args.vision_tiny, batch=1 if args.vision_tiny else 16)
     result = {
         "benchmark": "gpu_check", "size": args.size, "gpu": gpu, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "weights": "random", "inputs": "SYNTHETIC", "parameters": n_params, "trainable_parameters": n_train,

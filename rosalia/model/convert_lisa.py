@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
-from rosalia.model.config import IMAGE_TOKEN, SEG_TOKEN, ModelError
+from rosalia.model.config import IMAGE_TOKEN, ModelError
 from rosalia.model.lisa_source import LISA_PROJ, SourceConfig, check_shapes, check_tokenizer, projector_layout
 
 if TYPE_CHECKING:
