@@ -5,12 +5,17 @@ the device in bf16, then measures
   - one LoRA training step (forward + backward + AdamW step; r=128, alpha=256, SPEC section 3
     trainable set) at batch 1, 2, 4, 8;
   - `Segmenter` images/s at batch 1, 8, 32 (teacher-forced masks + generated answers);
+  - (`--vision`, default on) RadEdit counterfactuals/s at 512 px through the real editing code
+    (`ilsgen/stages/radedit_editing.py`: edit-friendly inversion + guided edit, 50 steps, UNet of
+    Stable-Diffusion-2 size with RadEdit's 768-wide context, SDXL-VAE-sized VAE) and CXAS
+    images/s at batch 16 (512 px), each next to its FLOP-limit estimate: FLOPs per item counted
+    with torch's FlopCounterMode on the meta device, divided by the GPU's dense bf16 peak;
 and writes bench/results/gpu_check_<size>.json with the GPU name. A time budget (default 420 s)
 keeps the whole run under 8 minutes: measurements not reached are recorded as skipped.
 Random weights: the numbers are speed and memory, not quality. Inputs are SYNTHETIC.
 
     python bench/gpu_check.py                      # on a GPU machine
-    python bench/gpu_check.py --size tiny --image-size 64 --train-batches 1,2 --seg-batches 1,2   # CPU dry run
+    python bench/gpu_check.py --size tiny --image-size 64 --train-batches 1,2 --seg-batches 1,2 --vision-tiny   # CPU dry run
 """
 
 from __future__ import annotations
@@ -156,6 +161,134 @@ def measure_segmenter(model, device, batches: list[int], deadline: float, image_
     return res
 
 
+#: Dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, SXM parts, no sparsity).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+
+
+def peak_tflops(gpu: str) -> float | None:
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+
+
+def count_flops(fn) -> float:
+    """FLOPs of `fn()` (built and run on the meta device: nothing is computed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"), FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def _unet_cfg(tiny: bool) -> dict:
+    if tiny:
+        return dict(sample_size=8, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+                    norm_num_groups=8, layers_per_block=1)
+    # Stable Diffusion 2 UNet shapes; RadEdit conditions on BioViL-T (768 wide)
+    return dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+                attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, layers_per_block=2)
+
+
+def _vae_cfg(tiny: bool) -> dict:
+    if tiny:
+        return dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                    block_out_channels=(16, 32), latent_channels=4, layers_per_block=1, norm_num_groups=8)
+    return dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2)  # SDXL VAE shapes
+
+
+def measure_radedit(device, dtype, gpu: str, deadline: float, tiny: bool, batch: int = 4, steps: int = 50,
+                    px: int = 512, guidance: float = 7.5) -> dict[str, Any]:
+    """RadEdit counterfactuals/s: VAE encode, inversion (steps UNet passes), guided edit (2 x steps), VAE decode."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from ilsgen.stages.radedit_editing import RADEDIT_SCHEDULER, Schedule, edit, invert
+
+    if time.time() > deadline:
+        return {"skipped": "time budget"}
+    px = 32 if tiny else px
+    ucfg, vcfg = _unet_cfg(tiny), _vae_cfg(tiny)
+    ctx_len, ctx_dim = 128, ucfg["cross_attention_dim"]
+    with torch.device(device):
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, **ucfg).to(dtype).eval()
+        vae = AutoencoderKL(in_channels=3, out_channels=3, **vcfg).float().eval()  # RadEdit runs the VAE in fp32
+    sched = DDIMScheduler(num_train_timesteps=1000, **RADEDIT_SCHEDULER)
+    down = 2 ** (len(vcfg["block_out_channels"]) - 1)
+    lat = px // down
+
+    def unet_fn(x, t, c):
+        return unet(x.to(dtype), t, encoder_hidden_states=c.to(dtype)).sample
+
+    ctx = torch.randn(1, ctx_len, ctx_dim, device=device, dtype=dtype)
+    images = torch.rand(batch, 3, px, px, device=device) * 2 - 1
+    keep = torch.zeros(batch, 1, lat, lat, device=device)
+    keep[..., : lat // 3] = 1  # a third of the image kept, like the mediastinum outside the lungs
+
+    def run():
+        with torch.no_grad():
+            z = vae.encode(images).latent_dist.mean * 0.13025
+            s = Schedule.from_scheduler(sched, steps)
+            inv = invert(unet_fn, s, z.to(dtype), ctx.expand(batch, -1, -1), torch.Generator().manual_seed(0))
+            out = edit(unet_fn, s, inv, keep, ctx.expand(batch, -1, -1), ctx.expand(batch, -1, -1), guidance)
+            return vae.decode(out.float() / 0.13025).sample
+
+    try:
+        run()  # warm up
+        _sync(device)
+        t = time.perf_counter()
+        run()
+        _sync(device)
+        wall = time.perf_counter() - t
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"batch": batch, "result": "out of memory"}
+    unet_flops = count_flops(lambda: UNet2DConditionModel(in_channels=4, out_channels=4, **ucfg)(
+        torch.randn(1, 4, lat, lat), torch.tensor(10), encoder_hidden_states=torch.randn(1, ctx_len, ctx_dim)))
+    vae_flops = count_flops(lambda: (lambda v: v.decode(v.encode(torch.randn(1, 3, px, px)).latent_dist.mean))(
+        AutoencoderKL(in_channels=3, out_channels=3, **vcfg)))
+    per_image = unet_flops * steps * 3 + vae_flops
+    res = {"batch": batch, "steps": steps, "px": px, "unet_passes_per_image": 3 * steps, "wall_s": wall,
+           "counterfactuals_per_s": batch / wall, "tflop_per_image": per_image / 1e12,
+           "unet_tflop_per_pass": unet_flops / 1e12, "unet_parameters": sum(p.numel() for p in unet.parameters())}
+    peak = peak_tflops(gpu)
+    if peak:
+        res["flop_limit_per_s"] = peak * 1e12 / per_image
+        res["share_of_peak"] = res["counterfactuals_per_s"] / res["flop_limit_per_s"]
+    log.info("radedit: %s", res)
+    return res
+
+
+def measure_cxas(device, dtype, gpu: str, deadline: float, tiny: bool, batch: int = 16) -> dict[str, Any]:
+    """CXAS (ResNet-50 U-Net, 159 classes) images/s at `batch`, 512 px (32 px for --vision-tiny)."""
+    import torch
+
+    from ilsgen.stages.anatomy_cxas import CxasUNet
+
+    if time.time() > deadline:
+        return {"skipped": "time budget"}
+    px = 32 if tiny else 512
+    reps = 1 if tiny else 3
+    net = CxasUNet().to(device, dtype).eval()
+    x = torch.randn(batch, 3, px, px, device=device, dtype=dtype)
+    with torch.no_grad():
+        net._forward(x)
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            net._forward(x)
+        _sync(device)
+        wall = (time.perf_counter() - t) / reps
+    flops = count_flops(lambda: CxasUNet().eval()._forward(torch.randn(1, 3, px, px)))
+    res = {"batch": batch, "px": px, "batch_s": wall, "images_per_s": batch / wall, "gflop_per_image": flops / 1e9}
+    peak = peak_tflops(gpu)
+    if peak:
+        res["flop_limit_per_s"] = peak * 1e12 / flops
+        res["share_of_peak"] = res["images_per_s"] / res["flop_limit_per_s"]
+    log.info("cxas: %s", res)
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="7b", choices=["tiny", "7b"])
@@ -164,6 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seg-batches", default="1,8,32")
     ap.add_argument("--image-px", type=int, default=512, help="side of the synthetic input images")
     ap.add_argument("--budget-s", type=float, default=420.0)
+    ap.add_argument("--no-vision", dest="vision", action="store_false", help="skip the RadEdit and CXAS timings")
+    ap.add_argument("--vision-tiny", action="store_true", help="tiny RadEdit/CXAS inputs and UNet (CPU dry run)")
+    ap.add_argument("--radedit-batch", type=int, default=4)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -187,10 +323,20 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("built in %.1f s: %.3g parameters, %.3g trainable", build_s, n_params, n_train)
     train = measure_train(model, device, _ints(args.train_batches), deadline)
     seg = measure_segmenter(model, device, _ints(args.seg_batches), deadline, args.image_px)
+    vision: dict[str, Any] = {}
+    if args.vision and device.type != "cuda" and not args.vision_tiny:
+        vision["skipped"] = "no GPU: real-size RadEdit/CXAS are GPU work (--vision-tiny for a CPU dry run)"
+    elif args.vision:
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        vision["radedit"] = measure_radedit(device, dtype, gpu, deadline, args.vision_tiny, batch=args.radedit_batch,
+                                            steps=2 if args.vision_tiny else 50)
+        vision["cxas"] = measure_cxas(device, dtype, gpu, deadline, args.vision_tiny, batch=1 if args.vision_tiny else 16)
     result = {
         "benchmark": "gpu_check", "size": args.size, "gpu": gpu, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "weights": "random", "inputs": "SYNTHETIC", "parameters": n_params, "trainable_parameters": n_train,
-        "build_s": build_s, "train_step": train, "segmenter": seg, "total_s": time.time() - t0,
+        "build_s": build_s, "train_step": train, "segmenter": seg, "vision": vision, "total_s": time.time() - t0,
         "torch": torch.__version__, "cuda": torch.version.cuda, "platform": platform.platform(),
         "command": "python bench/gpu_check.py " + " ".join(argv if argv is not None else []),
     }

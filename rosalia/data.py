@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ils.errors import UserError
 from ils.schema import PAIR
 from ils.store import Store
-from rosalia.model.config import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, PROMPT, SAM_MEAN, SAM_STD
+from rosalia.model.config import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, SAM_MEAN, SAM_STD
+from rosalia.prompting import PromptStyle, get_style, style_of
 
 log = logging.getLogger(__name__)
 CACHE_DIR = "rosalia-cache"
@@ -181,16 +182,19 @@ def preprocess_images(images: Sequence[np.ndarray] | torch.Tensor, image_size: i
 
 
 def encode_texts(tokenizer, instructions: Sequence[str], answers: Sequence[str] | None, n_image_tokens: int,
-                 left_pad: bool = False, add_seg: bool = False) -> dict[str, torch.Tensor]:
-    """Tokenise LLaVA-v1 prompts (+ answers + EOS); `<image>` expands to n_image_tokens tokens.
+                 left_pad: bool = False, add_seg: bool = False,
+                 prompt_style: str | PromptStyle | None = None) -> dict[str, torch.Tensor]:
+    """Tokenise prompts of `prompt_style` (+ answers + EOS); `<image>` expands to n_image_tokens tokens.
 
-    labels are -100 everywhere except the answer tokens. With `add_seg` (generation) each prompt
-    ends with the [SEG] token.
+    The text either side of `<image>` is tokenised on its own, as LLaVA's `tokenizer_image_token`
+    does. labels are -100 everywhere except the answer tokens. With `add_seg` (generation) each
+    prompt ends with the [SEG] token.
     """
+    style = prompt_style if isinstance(prompt_style, PromptStyle) else get_style(prompt_style)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     seqs, labels = [], []
     for i, instr in enumerate(instructions):
-        head, tail = PROMPT.format(instruction=instr).split(IMAGE_TOKEN)
+        head, tail = style.render(instr).split(IMAGE_TOKEN)
         ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [])
         ids += tokenizer(head, add_special_tokens=False)["input_ids"] + [image_id] * n_image_tokens
         ids += tokenizer(tail, add_special_tokens=False)["input_ids"]
@@ -233,7 +237,8 @@ def share_slots(keys: Iterable[Hashable]) -> tuple[list[int], list[int]]:
     return index, firsts
 
 
-def make_collate(tokenizer, image_size: int, clip_size: int, n_image_tokens: int) -> Callable[[list[dict]], dict]:
+def make_collate(tokenizer, image_size: int, clip_size: int, n_image_tokens: int,
+                 prompt_style: str | PromptStyle | None = None) -> Callable[[list[dict]], dict]:
     """Collate `PairDataset` items into a teacher-forced training/eval batch (right padded).
 
     Items with the same `image_key` share one preprocessed image: `sam_pixel_values` then holds
@@ -247,7 +252,8 @@ def make_collate(tokenizer, image_size: int, clip_size: int, n_image_tokens: int
         uniq = [items[i]["image"] for i in firsts]
         clip, sam, sizes = preprocess_images(uniq, image_size, clip_size)
         idx = torch.tensor(index, dtype=torch.long)
-        text = encode_texts(tokenizer, [it["instruction"] for it in items], [it["answer"] for it in items], n_image_tokens)
+        text = encode_texts(tokenizer, [it["instruction"] for it in items], [it["answer"] for it in items], n_image_tokens,
+                            prompt_style=prompt_style)
         batch = {
             **text,
             "pixel_values": clip[idx],
@@ -266,8 +272,9 @@ def make_collate(tokenizer, image_size: int, clip_size: int, n_image_tokens: int
 
 
 def collate_for(model) -> Callable[[list[dict]], dict]:
-    """`make_collate` with the shapes of `model`."""
-    return make_collate(model.tokenizer, model.spec["image_size"], model.spec["clip_size"], n_image_tokens(model))
+    """`make_collate` with the shapes and prompt style of `model`."""
+    return make_collate(model.tokenizer, model.spec["image_size"], model.spec["clip_size"], n_image_tokens(model),
+                        style_of(model))
 
 
 # -- epoch plan ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from rosalia.data import PairDataset, collate_for, encode_texts
+from rosalia.prompting import style_of
 from rosalia.metrics import group_report, inter_union, text_correct
 from rosalia.segmenter import clean_answer, count_components, remove_small_components
 
@@ -43,7 +44,8 @@ def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: fl
         answers = [None] * len(items)
         if generate_text:
             enc = encode_texts(model.tokenizer, [it["instruction"] for it in items], None,
-                               int(model.llava.config.image_seq_length), left_pad=True, add_seg=True)
+                               int(model.llava.config.image_seq_length), left_pad=True, add_seg=True,
+                               prompt_style=style_of(model))
             seq, _ = model.generate(enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device),
                                     batch["pixel_values"].to(model.device), int(model.spec.get("max_new_tokens", 24)))
             answers = [clean_answer(t) for t in model.tokenizer.batch_decode(seq, skip_special_tokens=True)]

@@ -19,6 +19,7 @@ from ils.errors import UserError
 from ils.templates import parse_answer
 from rosalia.contract import SegResult
 from rosalia.data import encode_texts, preprocess_images, share_slots
+from rosalia.prompting import style_of
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ class Segmenter:
         idx = torch.tensor(index, dtype=torch.long)
         clip, sam, sizes = preprocess_images(arrays, m.spec["image_size"], m.spec["clip_size"])
         clip, sizes, arrays = clip[idx], sizes[idx], [arrays[k] for k in index]
-        enc = encode_texts(m.tokenizer, list(instructions), None, int(m.llava.config.image_seq_length), left_pad=True, add_seg=True)
+        enc = encode_texts(m.tokenizer, list(instructions), None, int(m.llava.config.image_seq_length), left_pad=True, add_seg=True,
+                           prompt_style=style_of(m))
         t1 = time.perf_counter()
         ctx = torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if self.use_bf16 else torch.autocast(device_type=dev.type, enabled=False)
         with ctx:

@@ -92,7 +92,8 @@ def build_tiny_radedit(root: Path) -> Path:
         vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=32,
     )).save_pretrained(root / "text_encoder")
-    DDIMScheduler(num_train_timesteps=100).save_pretrained(root / "scheduler")
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                  timestep_spacing="trailing", steps_offset=1).save_pretrained(root / "scheduler")  # RadEdit's values
     return root
 
 
@@ -147,6 +148,84 @@ def test_radedit_from_s3_and_bad_weights(radedit_dir, s3_bucket, tmp_path):
         RadEditAnomaly(StageConfig(backend="radedit"), 32)
     with pytest.raises(UserError, match="strength"):
         RadEditAnomaly(StageConfig(backend="radedit", weights=str(radedit_dir), options={"strength": 1.5}), 32)
+
+
+def _radedit(radedit_dir, **opts):
+    from ilsgen.stages.anomaly_radedit import RadEditAnomaly
+
+    return RadEditAnomaly(StageConfig(backend="radedit", weights=str(radedit_dir), batch_size=2,
+                                      options=dict(RADEDIT_OPTS, **opts)), 32)
+
+
+def test_radedit_inversion_is_exact(radedit_dir):
+    """Edit-friendly DDPM inversion: the reverse process with the kept noise returns x_0."""
+    from ilsgen.stages.radedit_editing import Schedule, edit, invert
+
+    backend = _radedit(radedit_dir, steps=4, guidance=3.0)
+    sched = Schedule.from_scheduler(backend.scheduler, 4)
+    assert sched.timesteps.tolist() == [999, 749, 499, 249]  # trailing spacing
+    x0 = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    inv = invert(backend._unet, sched, x0, backend.source.expand(2, -1, -1), torch.Generator().manual_seed(1))
+    ones, zeros = torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)
+    same = edit(backend._unet, sched, inv, zeros, backend.source.expand(2, -1, -1), None, 1.0)
+    torch.testing.assert_close(same, x0, atol=1e-5, rtol=1e-5)  # same prompt, no guidance, edit everywhere: x_0
+    assert torch.equal(edit(backend._unet, sched, inv, ones, backend.cond.expand(2, -1, -1), None, 1.0), x0)
+    cond, uncond = backend.cond.expand(2, -1, -1), backend.uncond.expand(2, -1, -1)
+    edited = edit(backend._unet, sched, inv, zeros, cond, uncond, 3.0)
+    assert (edited - x0).abs().max() > 1e-2  # the edit prompt with guidance does change the latents
+    half = zeros.clone()
+    half[..., :8] = 1.0  # keep the left half
+    part = edit(backend._unet, sched, inv, half, cond, uncond, 3.0)
+    assert torch.equal(part[..., :8], x0[..., :8]) and (part[..., 8:] - x0[..., 8:]).abs().max() > 1e-2
+
+
+def test_radedit_masks_and_guidance(radedit_dir):
+    rng = np.random.default_rng(3)
+    images = [rng.random((32, 32), dtype=np.float32) for _ in range(2)]
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 4:14] = True
+    w1, w5 = _radedit(radedit_dir, guidance=1.0), _radedit(radedit_dir, guidance=5.0)
+    empty = w5.healthy(images, [np.zeros((32, 32), bool)] * 2)
+    for im, h in zip(images, empty):
+        np.testing.assert_allclose(h, im, atol=1e-6)  # empty edit mask: the input comes back
+    h1, h5 = w1.healthy(images, [mask, mask]), w5.healthy(images, [mask, mask])
+    for im, a, b in zip(images, h1, h5):
+        assert np.array_equal(a[~mask], im[~mask]) and np.array_equal(b[~mask], im[~mask])  # outside: never changed
+        assert np.abs(a[mask] - im[mask]).max() > 1e-3  # inside: edited
+        assert np.abs(a[mask] - b[mask]).max() > 1e-4  # guidance changes the edit region only
+    # the edit mask comes from the anatomy map's lungs, dilated
+    lungs = np.zeros((32, 32), np.uint16)
+    lungs[10:20, 10:20] = region_bit("left lung base")
+    (m,) = w5.edit_masks([lungs], 1)
+    assert m[10:20, 10:20].all() and m[5, 15] and not m[0, 0] and m.sum() > 100
+    assert w5.edit_masks([np.zeros((32, 32), np.uint16)], 1) == [None]  # no lungs: edit the whole image
+
+
+def test_radedit_scheduler_checked_prompt_unmasked_and_sdedit(radedit_dir, tmp_path, caplog):
+    import shutil
+
+    from diffusers import DDIMScheduler
+
+    sd_like = tmp_path / "sd"
+    shutil.copytree(radedit_dir, sd_like)
+    shutil.rmtree(sd_like / "scheduler")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(sd_like / "scheduler")
+    with pytest.raises(UserError, match=r"beta_schedule='scaled_linear' \(RadEdit: 'linear'\).*timestep_spacing"):
+        _radedit(sd_like)
+    with caplog.at_level("WARNING"):
+        _radedit(sd_like, scheduler_override=True)
+    assert "override set" in caplog.text
+    backend = _radedit(radedit_dir)
+    tok = backend.tokenizer([backend.prompt], padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():  # the model card's pipeline: input ids only, no attention mask
+        want = backend.text_encoder(input_ids=tok["input_ids"]).last_hidden_state
+        masked = backend.text_encoder(**tok).last_hidden_state
+    assert torch.equal(backend.cond, want) and not torch.allclose(want, masked)
+    sd = _radedit(radedit_dir, method="sdedit", strength=0.5)
+    (m,) = sd.anomaly_maps([np.random.default_rng(0).random((32, 32), dtype=np.float32)], [])
+    assert m.shape == (32, 32) and 0.0 <= m.min() <= m.max() <= 1.0
+    with pytest.raises(UserError, match="method"):
+        _radedit(radedit_dir, method="ddim")
 
 
 # -- cxas ------------------------------------------------------------------------------------------
@@ -213,6 +292,30 @@ def test_cxas_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read CXAS checkpoint"):
         CxasAnatomy(StageConfig(backend="cxas", weights=str(tmp_path / "junk.pth")), 32)
+
+
+def test_cxas_resizes_like_the_cxas_package(tmp_path):
+    """Input at 64 px from a 40 px image: cxas's own order (normalise, then F.interpolate's default nearest)."""
+    import torch.nn.functional as F
+
+    from ilsgen.stages.anatomy_cxas import CHECKPOINT_NAME, IMAGENET_MEAN, IMAGENET_STD, CxasAnatomy
+
+    _cxas_checkpoint(tmp_path / CHECKPOINT_NAME, on=("heart",))
+    backend = CxasAnatomy(StageConfig(backend="cxas", weights=str(tmp_path), options={"input_size": 64}), 40)
+    seen = []
+    real = backend.model._forward
+    backend.model._forward = lambda x: (seen.append(x.clone()), real(x))[1]
+    image = np.random.default_rng(2).random((40, 40), dtype=np.float32)
+    backend.segment([image])
+    t = torch.from_numpy(image)[None].repeat(3, 1, 1)
+    t = (t - torch.tensor(IMAGENET_MEAN).view(-1, 1, 1)) / torch.tensor(IMAGENET_STD).view(-1, 1, 1)
+    torch.testing.assert_close(seen[0], F.interpolate(t[None], 64))  # cxas: F.interpolate(array.unsqueeze(0), 512)
+    smooth = CxasAnatomy(StageConfig(backend="cxas", weights=str(tmp_path), options={"input_size": 64, "input_resize": "bilinear"}), 40)
+    smooth.model._forward = lambda x: (seen.append(x.clone()), real(x))[1]
+    smooth.segment([image])
+    assert not torch.allclose(seen[1], seen[0])
+    with pytest.raises(UserError, match="input_resize"):
+        CxasAnatomy(StageConfig(backend="cxas", weights=str(tmp_path), options={"input_resize": "area"}), 40)
 
 
 # -- yolo + detector training ------------------------------------------------------------------------

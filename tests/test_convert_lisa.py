@@ -88,7 +88,8 @@ def test_convert_cli_outputs_match(lisa, tmp_path, cfg):
     m, sd, batch, ref, tok = lisa
     torch.save(sd, tmp_path / "lisa.bin")
     out = tmp_path / "ck"
-    assert main(["--log-level", "WARNING", "convert-lisa", str(tmp_path / "lisa.bin"), str(out), "--tokenizer", tok]) == 0
+    assert main(["--log-level", "WARNING", "convert-lisa", str(tmp_path / "lisa.bin"), str(out), "--tokenizer", tok,
+                 "--prompt-style", "plain"]) == 0
     spec = json.loads((out / "rosalia.json").read_text())
     assert spec["presence_head"] == PRESENCE_UNTRAINED and spec["size"] == "tiny" and spec["image_size"] == 64
     conv = load_model(str(out))
@@ -127,9 +128,10 @@ def test_sharded_folder_and_separate_clip(lisa, tmp_path, cfg):
         save_file({k: sd[k].contiguous() for k in keys}, str(src / name))
     (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: n for n, ks in shards.items() for k in ks}}))
     with pytest.raises(ModelError, match="--vision-tower"):
-        convert(str(src), str(tmp_path / "a"), cfg.model, tokenizer=tok)
+        convert(str(src), str(tmp_path / "a"), cfg.model, tokenizer=tok, prompt_style="plain")
     torch.save(clip, tmp_path / "clip.bin")
-    summary = convert(str(src), str(tmp_path / "b"), cfg.model, tokenizer=tok, vision_tower=str(tmp_path / "clip.bin"))
+    summary = convert(str(src), str(tmp_path / "b"), cfg.model, tokenizer=tok, vision_tower=str(tmp_path / "clip.bin"),
+                      prompt_style="plain")
     assert summary["size"] == "tiny"
     conv = load_model(str(tmp_path / "b"))
     assert torch.equal(conv.sam.mask_decoder.iou_token.weight, sd["model.visual_model.mask_decoder.iou_token.weight"])
@@ -141,17 +143,17 @@ def test_missing_wrong_shape_and_lora_refused(lisa, tmp_path, cfg):
     del missing["model.visual_model.mask_decoder.iou_token.weight"]
     torch.save(missing, tmp_path / "missing.bin")
     with pytest.raises(ModelError, match=r"missing keys.*model\.visual_model\.mask_decoder\.iou_token\.weight"):
-        convert(str(tmp_path / "missing.bin"), str(tmp_path / "o1"), cfg.model, tokenizer=tok)
+        convert(str(tmp_path / "missing.bin"), str(tmp_path / "o1"), cfg.model, tokenizer=tok, prompt_style="plain")
     wrong = dict(sd)
     wrong["model.text_hidden_fcs.0.2.weight"] = torch.zeros(7, 64)
     torch.save(wrong, tmp_path / "wrong.bin")
     with pytest.raises(ModelError, match=r"wrong shapes.*model\.text_hidden_fcs\.0\.2\.weight"):
-        convert(str(tmp_path / "wrong.bin"), str(tmp_path / "o2"), cfg.model, tokenizer=tok)
+        convert(str(tmp_path / "wrong.bin"), str(tmp_path / "o2"), cfg.model, tokenizer=tok, prompt_style="plain")
     lora = {("base_model.model." + k): v for k, v in sd.items()}
     lora["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] = torch.zeros(4, 64)
     torch.save(lora, tmp_path / "lora.bin")
     with pytest.raises(ModelError, match="unmerged LoRA"):
-        convert(str(tmp_path / "lora.bin"), str(tmp_path / "o3"), cfg.model, tokenizer=tok)
+        convert(str(tmp_path / "lora.bin"), str(tmp_path / "o3"), cfg.model, tokenizer=tok, prompt_style="plain")
     assert main(["--log-level", "ERROR", "convert-lisa", str(tmp_path / "lora.bin"), str(tmp_path / "o4")]) == 2
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
@@ -171,7 +173,7 @@ def test_s3_source_and_destination(lisa, tmp_path, s3_bucket):
     for f in Path(tok).iterdir():
         st.write_bytes(f"tok/{f.name}", f.read_bytes())
     args = ["--log-level", "WARNING", "convert-lisa", f"s3://{bucket}/src/lisa.bin", f"s3://{bucket}/ck",
-            "--tokenizer", f"s3://{bucket}/tok", f"store.uri=s3://{bucket}", f"store.endpoint={endpoint}"]
+            "--tokenizer", f"s3://{bucket}/tok", "--prompt-style", "plain", f"store.uri=s3://{bucket}", f"store.endpoint={endpoint}"]
     assert main(args) == 0
     assert "ck/rosalia.json" in st.list("ck")
     conv = load_model(f"s3://{bucket}/ck", store=st)

@@ -281,12 +281,29 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    res = mod.main(["--size", "tiny", "--image-size", "64", "--train-batches", "1", "--seg-batches", "2", "--image-px", "48", "--out", str(tmp_path)])
+    res = mod.main(["--size", "tiny", "--image-size", "64", "--train-batches", "1", "--seg-batches", "2", "--image-px", "48", "--out", str(tmp_path),
+                    "--no-vision"])
     saved = json.loads((tmp_path / "gpu_check_tiny.json").read_text())
     assert saved["gpu"].startswith("none") and saved["trainable_parameters"] > 0
     assert saved["train_step"]["1"]["step_s"] > 0 and np.isfinite(saved["train_step"]["1"]["loss"])
     assert saved["segmenter"]["2"]["images_per_s"] > 0
     assert res["size"] == "tiny"
+
+
+@pytest.mark.slow
+def test_gpu_check_vision_dry_run_on_cpu(tmp_path):
+    """bench/gpu_check.py's RadEdit (the real editing code) and CXAS timings run with tiny shapes on the CPU."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--size", "tiny", "--image-size", "32", "--train-batches", "", "--seg-batches", "", "--out", str(tmp_path),
+              "--vision-tiny", "--radedit-batch", "1"])
+    v = json.loads((tmp_path / "gpu_check_tiny.json").read_text())["vision"]
+    assert v["radedit"]["counterfactuals_per_s"] > 0 and v["radedit"]["unet_passes_per_image"] == 6
+    assert v["radedit"]["unet_tflop_per_pass"] > 0
+    assert v["cxas"]["images_per_s"] > 0 and v["cxas"]["gflop_per_image"] > 0
 
 
 _DS_SCRIPT = r'''

@@ -8,14 +8,17 @@ package (which downloads weights on first use and is therefore not a runtime dep
 
 Weights (`gen.anatomy.weights`): the checkpoint file `UNet_ResNet50_default.pth` (a dict with a
 `model` state dict, as the cxas package stores it under ~/.cxas/weights/), a folder holding it, or
-an s3:// URI of either. Preprocessing follows cxas: gray -> 3 channels, ImageNet normalisation,
-resize to 512; a class is present where sigmoid > threshold.
+an s3:// URI of either. Preprocessing follows cxas (`cxas/file_io.py`, `segmentor.py`): gray -> 3
+channels, ImageNet normalisation, nearest-neighbour resize to 512 (`F.interpolate`'s default
+mode, as cxas does); a class is present where sigmoid > threshold; nearest resize back.
 
 Mapping to ils.vocab.ATOMIC_REGIONS: CXAS "heart" -> heart; the eight CXAS lung zone classes
 ("right upper zone lung", ..., "left lung base") carry our zone names already.
 
-Options (`gen.anatomy.options`): input_size (512), threshold (0.5), trust_checkpoint (false: the
-checkpoint is read with torch.load(weights_only=True); true allows arbitrary pickles).
+Options (`gen.anatomy.options`): input_size (512), threshold (0.5), input_resize ("nearest" as
+cxas; "bilinear" is smoother but drifts from cxas's bitmaps away from 512 px), trust_checkpoint
+(false: the checkpoint is read with torch.load(weights_only=True); true allows arbitrary pickles,
+for a .pth that is not tensors only; use it only for a file you trust).
 """
 
 from __future__ import annotations
@@ -256,6 +259,9 @@ class CxasAnatomy:
         self.image_size = int(image_size)
         self.input_size = int(opts.get("input_size", 512))
         self.threshold = float(opts.get("threshold", 0.5))
+        self.input_resize = str(opts.get("input_resize", "nearest"))
+        if self.input_resize not in ("nearest", "bilinear"):
+            raise UserError(f"gen.anatomy.options.input_resize must be nearest or bilinear, got {self.input_resize!r}")
         self.batch_size = max(1, int(cfg.batch_size))
         self.device = pick_device(cfg.num_gpus)
         path = _checkpoint_file(local_weights(cfg.weights, opts, what="CXAS weights (gen.anatomy.weights)"))
@@ -283,7 +289,9 @@ class CxasAnatomy:
                 if arr.ndim != 2:
                     raise ValueError(f"cxas expects 2-D gray images, got shape {arr.shape}")
                 t = torch.from_numpy(np.clip(arr, 0, 1))[None, None]
-                batch.append(F.interpolate(t, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False))
+                size = (self.input_size, self.input_size)
+                batch.append(F.interpolate(t, size=size, mode="nearest") if self.input_resize == "nearest"
+                             else F.interpolate(t, size=size, mode="bilinear", align_corners=False))
             x = (torch.cat(batch).repeat(1, 3, 1, 1) - mean) / std
             with torch.no_grad():
                 logits = self._logits(x.to(self.device))[:, self.channels]

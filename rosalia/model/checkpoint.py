@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from rosalia.model.config import ModelError
+from rosalia.model.modeling import RosaliaModel
 
 if TYPE_CHECKING:
     from ils.config import ModelConfig
-    from rosalia.model.modeling import RosaliaModel
 
 log = logging.getLogger(__name__)
 SPEC_FILE = "rosalia.json"
@@ -41,7 +41,7 @@ def merged_llava_state_dict(llava: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.contiguous().cpu() for k, v in sd.items()}
 
 
-def _write_local(model: "RosaliaModel", out: Path) -> None:
+def _write_local(model: RosaliaModel, out: Path) -> None:
     from safetensors.torch import save_file
 
     (out / "llava").mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def _target(dest: str, store) -> tuple["object", str]:
     return store, (store.relative(dest) if ("://" in dest or dest.startswith("/")) else dest.strip("/"))
 
 
-def save_checkpoint(model: "RosaliaModel", dest: str, store=None) -> str:
+def save_checkpoint(model: RosaliaModel, dest: str, store=None) -> str:
     """Write `model` to a local folder, or into a store (an s3:// `dest`, or `dest` relative to `store`)."""
     if "://" not in dest and store is None:
         _write_local(model, Path(dest))
@@ -97,12 +97,10 @@ def _local_copy(src: str, store=None) -> tuple[Path, tempfile.TemporaryDirectory
     return Path(tmp.name), tmp
 
 
-def load_model(src: str, model_cfg: "ModelConfig | None" = None, store=None) -> "RosaliaModel":
+def load_model(src: str, model_cfg: "ModelConfig | None" = None, store=None) -> RosaliaModel:
     """Load a checkpoint written by `save_checkpoint` (or `ils convert-lisa`); eval mode."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, LlavaForConditionalGeneration, SamModel
-
-    from rosalia.model.modeling import RosaliaModel
 
     path, tmp = _local_copy(src, store)
     try:

@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 SEG_TOKEN = "[SEG]"
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
-PROMPT = "USER: " + IMAGE_TOKEN + "\n{instruction} ASSISTANT:"
 
 # CLIP and SAM normalisation (pixel values in [0, 1]).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -141,7 +140,9 @@ def template_texts() -> list[str]:
     from ils import templates as T
     from ils.vocab import INFERABLE_LESIONS, LESIONS, LOCATIONS
 
-    texts = [PROMPT.format(instruction="")]
+    from rosalia.prompting import render
+
+    texts = [render(None, "")]
     locs = [[loc] for loc in LOCATIONS] + [list(LOCATIONS[:3])]
     for lesion, loc in itertools.product(LESIONS, locs):
         for type_ in ("basic", "global"):

@@ -14,7 +14,13 @@ Target: `RosaliaModel` keys (`llava.*` = `LlavaForConditionalGeneration`, `sam.*
 model built on the meta device, so layout changes in transformers or in `RosaliaModel` show up as
 a clear error instead of a silently wrong import. SAM names follow transformers'
 `convert_sam_to_hf.py`. LISA's single projector Linear goes into `linear_1` of HF's two-layer
-projector with `projector_hidden_act="linear"` and an identity `linear_2`. LISA has no presence
+projector with `projector_hidden_act="linear"` and an identity `linear_2`; a two-layer
+`mlp2x_gelu` projector (`mm_projector.{0,2}`, which ROSALIA's fork can build) maps onto
+`linear_1`/`linear_2` with GELU. Order of work: the source's config.json and tokenizer are read
+and checked first (`rosalia.model.lisa_source`), then the weights, whose shapes must fit the
+config. config.json drives the LLaMA hyper-parameters (RMS-norm epsilon, context length, rope,
+heads) and the CLIP feature layer; the converted checkpoint records `prompt_style` (`llava_v1`:
+LLaVA's v1 conversation with `<im_start><image><im_end>`, see `rosalia.prompting`). LISA has no presence
 head: it is initialised *open* (constant logit `OPEN_LOGIT`, p(present) ~ 1) and marked
 `"presence_head": "untrained, open"` in rosalia.json, so eval/serve use the ungated protocol
 (mask = logit > 0, present = mask non-empty) until the head is trained.
@@ -34,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
-from rosalia.model.config import IMAGE_TOKEN, SEG_TOKEN, ModelError
+from rosalia.model.config import IMAGE_TOKEN, ModelError
+from rosalia.model.lisa_source import LISA_PROJ, SourceConfig, check_shapes, check_tokenizer, projector_layout
 
 if TYPE_CHECKING:
     from ils.config import ModelConfig
@@ -46,7 +53,6 @@ PRESENCE_UNTRAINED = "untrained, open"
 OPEN_LOGIT = 8.0  # sigmoid(8) = 0.99966: the gate is open for any threshold below that
 LISA_SAM = "model.visual_model."
 LISA_CLIP = "model.vision_tower.vision_tower.vision_model."
-LISA_PROJ = "model.mm_projector."
 LISA_SEG_FC = "model.text_hidden_fcs.0."
 LISA_LM_HEAD = "lm_head.weight"
 #: Source keys that carry no weights the HF model needs.
@@ -131,9 +137,10 @@ def sam_key_from_hf(key: str) -> str:
 class LisaKeyMap:
     """LISA key <-> `RosaliaModel` key, derived from the target model's own key set."""
 
-    def __init__(self, target_keys: Iterable[str]):
+    def __init__(self, target_keys: Iterable[str], proj_layers: int = 1):
         keys = list(target_keys)
         self.keys = keys
+        self.proj_layers = proj_layers  # 1: LISA's Linear (-> linear_1); 2: mlp2x_gelu (0 -> linear_1, 2 -> linear_2)
 
         def find(suffix: str, what: str) -> str:
             hits = [k for k in keys if k.endswith(suffix)]
@@ -160,7 +167,11 @@ class LisaKeyMap:
         if key.startswith(LISA_SEG_FC):
             return self.seg_fc + key[len(LISA_SEG_FC):]
         if key.startswith(LISA_PROJ):
-            return self.proj + "linear_1." + key[len(LISA_PROJ):]
+            rest = key[len(LISA_PROJ):]
+            if self.proj_layers == 2:
+                layer, _, rest = rest.partition(".")
+                return self.proj + {"0": "linear_1.", "2": "linear_2."}.get(layer, f"?{layer}.") + rest
+            return self.proj + "linear_1." + rest
         if key.startswith(LISA_CLIP):
             return self.clip + key[len(LISA_CLIP):]
         if key == LISA_LM_HEAD:
@@ -172,10 +183,11 @@ class LisaKeyMap:
     # target -> LISA ------------------------------------------------------------------------
     def to_lisa(self, key: str) -> str | None:
         """LISA key of target `key`; None for weights LISA does not have (linear_2, presence head)."""
-        if key.startswith(self.presence) or key.startswith(self.proj + "linear_2."):
+        if key.startswith(self.presence) or self.synthesized(key):
             return None
-        if key.startswith(self.proj + "linear_1."):
-            return LISA_PROJ + key[len(self.proj + "linear_1."):]
+        for hf, lisa in (("linear_1.", "0."), ("linear_2.", "2.")):
+            if key.startswith(self.proj + hf):
+                return LISA_PROJ + (lisa if self.proj_layers == 2 else "") + key[len(self.proj + hf):]
         if key.startswith(self.sam):
             return LISA_SAM + sam_key_from_hf(key[len(self.sam):])
         if key.startswith(self.seg_fc):
@@ -190,29 +202,33 @@ class LisaKeyMap:
 
     def synthesized(self, key: str) -> bool:
         """Target keys the converter fills itself (not read from the source)."""
-        return key.startswith(self.presence) or key.startswith(self.proj + "linear_2.")
+        return key.startswith(self.presence) or (self.proj_layers == 1 and key.startswith(self.proj + "linear_2."))
 
 
 # -- export ------------------------------------------------------------------------------------
 def to_lisa_state_dict(model: "RosaliaModel") -> dict[str, torch.Tensor]:
-    """`model`'s weights under the original LISA names (LoRA merged, projector folded to one Linear).
+    """`model`'s weights under the original LISA names (LoRA merged).
 
-    The presence head is dropped (LISA has none). Raises ModelError if the projector is not linear.
+    A linear projector is folded to LISA's one Linear; a GELU one is written as `mlp2x_gelu`
+    (`mm_projector.{0,2}`). The presence head is dropped (LISA has none). Other projector
+    activations are a ModelError.
     """
     from rosalia.model.checkpoint import merged_llava_state_dict
 
     act = str(model.llava.config.projector_hidden_act or "linear").lower()
-    if act not in ("linear", "identity"):
-        raise ModelError(f"projector activation is {act!r}: LISA's projector is one Linear (needs 'linear')")
+    if act not in ("linear", "identity", "gelu"):
+        raise ModelError(f"projector activation is {act!r}: LISA's projector is one Linear ('linear') or mlp2x_gelu ('gelu')")
     sd = {f"llava.{k}": v for k, v in merged_llava_state_dict(model.llava).items()}
     sd.update({f"sam.{k}": v.detach().cpu() for k, v in model.sam.state_dict().items()})
     sd.update({f"text_hidden_fcs.{k}": v.detach().cpu() for k, v in model.text_hidden_fcs.state_dict().items()})
-    kmap = LisaKeyMap(sd)
+    kmap = LisaKeyMap(sd, proj_layers=2 if act == "gelu" else 1)
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         name = kmap.to_lisa(key)
         if name is not None and name not in out:
             out[name] = value.detach().clone()
+    if act == "gelu":
+        return out
     w1, b1 = sd[kmap.proj + "linear_1.weight"], sd.get(kmap.proj + "linear_1.bias")
     w2, b2 = sd[kmap.proj + "linear_2.weight"], sd.get(kmap.proj + "linear_2.bias")
     f = torch.float64
@@ -232,7 +248,10 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # not a zip archive (legacy format): no mmap
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(f"cannot read {path.name} as a torch state dict: {exc}") from exc
     except Exception as exc:  # pickle with non-tensor objects, corrupt file
         raise ModelError(f"cannot read {path.name} as a torch state dict: {exc}") from exc
     for wrapper in ("module", "state_dict", "model"):  # DeepSpeed / Lightning style wrappers
@@ -272,8 +291,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def local_copy(src: str, store=None, tmp_root: str | None = None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """A local path for `src` (a path, or an s3:// file or folder fetched through `ils.store.Store`)."""
+def local_copy(src: str, store=None, tmp_root: str | None = None,
+               skip_weights: bool = False) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """A local path for `src` (a path, or an s3:// file or folder fetched through `ils.store.Store`).
+
+    `skip_weights`: fetch only the small files (config.json, tokenizer) of a remote folder.
+    """
     if "://" not in src or src.startswith("file://"):
         p = Path(src.removeprefix("file://")).expanduser()
         if not p.exists():
@@ -292,6 +315,10 @@ def local_copy(src: str, store=None, tmp_root: str | None = None) -> tuple[Path,
             tmp.cleanup()
             raise ModelError(f"no such file or folder: {src}")
         files, base = [name], base / "file"
+    if skip_weights:
+        files = [f for f in files if not f.endswith(WEIGHT_SUFFIXES)]
+        if not files or base.name == "file":
+            return Path(tmp.name), tmp
     for rel in files:
         target = base / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -322,8 +349,9 @@ def _infer_model_cfg(sd: Mapping[str, torch.Tensor], model_cfg: "ModelConfig", s
     emb = sd.get("model.embed_tokens.weight")
     if emb is None:
         raise ModelError("not a LISA checkpoint: no model.embed_tokens.weight")
-    if size == "auto":
-        size = "7b" if emb.shape[1] == 4096 else "tiny"
+    sam_pos = sd.get(LISA_SAM + "image_encoder.pos_embed")
+    if size == "auto":  # LISA's real shapes: a 4096-wide LLM or SAM ViT-H (1280 wide; the LLM then per config.json)
+        size = "7b" if emb.shape[1] == 4096 or (sam_pos is not None and sam_pos.shape[-1] == 1280) else "tiny"
     if size == "7b":
         return dataclasses.replace(model_cfg, size="7b", image_size=1024, clip_size=224)
     if size != "tiny":
@@ -340,27 +368,27 @@ def _infer_model_cfg(sd: Mapping[str, torch.Tensor], model_cfg: "ModelConfig", s
 
 
 def _tokenizer(path: str | None, src_path: Path, size: str, store=None):
+    """The source's tokenizer (its own folder, or `path`); the word tokenizer for `--size tiny` without one."""
     from transformers import AutoTokenizer
 
-    from rosalia.model.config import add_special_tokens, build_word_tokenizer
+    from rosalia.model.config import build_word_tokenizer
 
     if path is None and src_path.is_dir() and any((src_path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         path = str(src_path)
     if path is None:
         if size == "tiny":
-            return build_word_tokenizer(), False
+            return build_word_tokenizer()
         raise ModelError("no tokenizer: the source folder has none; pass --tokenizer PATH (LISA's tokenizer folder)")
     local, tmp = local_copy(path, store)
     try:
-        tok = AutoTokenizer.from_pretrained(str(local))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer {path}: {exc}") from exc
+        return AutoTokenizer.from_pretrained(str(local))
+    except (OSError, ValueError, ImportError) as exc:
+        hint = " (LISA ships a SentencePiece tokenizer.model: is the `sentencepiece` package installed?)" if (
+            local / "tokenizer.model").is_file() else ""
+        raise ModelError(f"cannot load the tokenizer {path}: {exc}{hint}") from exc
     finally:
         if tmp is not None:
             tmp.cleanup()
-    had_seg = SEG_TOKEN in tok.get_vocab()
-    add_special_tokens(tok)
-    return tok, not had_seg
 
 
 def _grow_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -373,44 +401,72 @@ def _grow_rows(t: torch.Tensor, n: int) -> torch.Tensor:
 
 def convert(
     src: str, dst: str, model_cfg: "ModelConfig", size: str = "auto", tokenizer: str | None = None,
-    vision_tower: str | None = None, dtype: str = "keep", store=None,
+    vision_tower: str | None = None, dtype: str = "keep", store=None, prompt_style: str = "auto",
 ) -> dict[str, Any]:
-    """Convert the LISA checkpoint at `src` into a rosalia checkpoint folder `dst`; a summary dict."""
+    """Convert the LISA checkpoint at `src` into a rosalia checkpoint folder `dst`; a summary dict.
+
+    `prompt_style`: "auto" (from config.json's `mm_use_im_start_end`: `llava_v1`, LISA's and
+    ROSALIA's training format) or a name in `rosalia.prompting.STYLES`.
+    """
+    from rosalia.model.config import add_special_tokens
+    from rosalia.prompting import get_style
+
+    # 1. config.json and the tokenizer: cheap, checked before any weight is read (or fetched)
+    meta_path, meta_tmp = local_copy(src, store, skip_weights=True)
+    try:
+        scfg = SourceConfig.read(meta_path)
+        style = get_style(scfg.prompt_style() if prompt_style == "auto" else prompt_style)
+        tok = _tokenizer(tokenizer, meta_path, size, store)
+    finally:
+        if meta_tmp is not None:
+            meta_tmp.cleanup()
+    vocab_rows = scfg.get("vocab_size")
+    seg_id = check_tokenizer(tok, style.extra_tokens, int(vocab_rows) if vocab_rows else None)
+    # 2. the weights
     src_path, tmp = local_copy(src, store)
     try:
         sd = _strip_wrappers(read_state_dict(src_path))
         check_lora(sd)
         if vision_tower:
-            vt_path, vt_tmp = local_copy(vision_tower, store)
-            try:
-                clip = _strip_wrappers(read_state_dict(vt_path))
-            finally:
-                if vt_tmp is not None:
-                    vt_tmp.cleanup()
-            added = 0
-            for k, v in clip.items():
-                rest = k[len(LISA_CLIP):] if k.startswith(LISA_CLIP) else k[len("vision_model."):] if k.startswith("vision_model.") else None
-                if rest is not None and LISA_CLIP + rest not in sd:
-                    sd[LISA_CLIP + rest] = v
-                    added += 1
-            if not added:
-                raise ModelError(f"{vision_tower}: no CLIP vision weights (vision_model.*) that the source lacks")
+            _add_vision_tower(sd, vision_tower, store)
         cfg = _infer_model_cfg(sd, model_cfg, size)
-        tok, seg_added = _tokenizer(tokenizer, src_path, cfg.size, store)
+        check_shapes(sd, scfg)
+        check_tokenizer(tok, style.extra_tokens, int(sd["model.embed_tokens.weight"].shape[0]))
+        add_special_tokens(tok)  # <image> (LISA splices image features in place of an index, so it has none)
         dst = dst.removeprefix("file://")
-        summary = _write(sd, Path(dst) if "://" not in dst else None, dst, cfg, tok, dtype, store, src)
-        summary["seg_token_added"] = seg_added
-        if seg_added:
-            log.warning("the tokenizer had no %s token: it was added with an untrained embedding", SEG_TOKEN)
+        summary = _write(sd, Path(dst) if "://" not in dst else None, dst, cfg, tok, dtype, store, src, scfg, style.name)
+        summary["seg_token_id"] = seg_id
         return summary
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-def _target_model(cfg: "ModelConfig", tok, vocab: int):
-    """(RosaliaModel on the meta device, its llava config, its sam config) for `cfg` with `vocab` rows."""
-    from transformers import LlavaForConditionalGeneration, SamModel
+def _add_vision_tower(sd: dict[str, torch.Tensor], vision_tower: str, store) -> None:
+    """Add the CLIP weights at `vision_tower` that `sd` lacks (LISA's merge script drops the tower)."""
+    vt_path, vt_tmp = local_copy(vision_tower, store)
+    try:
+        clip = _strip_wrappers(read_state_dict(vt_path))
+    finally:
+        if vt_tmp is not None:
+            vt_tmp.cleanup()
+    added = 0
+    for k, v in clip.items():
+        rest = k[len(LISA_CLIP):] if k.startswith(LISA_CLIP) else k[len("vision_model."):] if k.startswith("vision_model.") else None
+        if rest is not None and LISA_CLIP + rest not in sd:
+            sd[LISA_CLIP + rest] = v
+            added += 1
+    if not added:
+        raise ModelError(f"{vision_tower}: no CLIP vision weights (vision_model.*) that the source lacks")
+
+
+def _target_model(cfg: "ModelConfig", tok, vocab: int, scfg: SourceConfig, proj_act: str, style: str):
+    """(RosaliaModel on the meta device, its llava config, its sam config) for `cfg` with `vocab` rows.
+
+    The LLaMA hyper-parameters come from the source's config.json (`scfg`), the shapes not in it
+    from `cfg`'s size.
+    """
+    from transformers import LlamaConfig, LlavaForConditionalGeneration, SamModel
 
     from rosalia.model.config import hf_configs, shapes_for
     from rosalia.model.modeling import RosaliaModel, spec_from
@@ -418,24 +474,34 @@ def _target_model(cfg: "ModelConfig", tok, vocab: int):
     shapes = shapes_for(cfg, vocab_size=vocab)
     shapes = dataclasses.replace(shapes, vocab_size=vocab)
     llava_cfg, sam_cfg = hf_configs(shapes, tok.convert_tokens_to_ids(IMAGE_TOKEN), tok.pad_token_id)
-    llava_cfg.projector_hidden_act = "linear"  # LISA: one Linear; linear_2 is the identity
+    t = llava_cfg.text_config
+    kw = {k: getattr(t, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                     "num_key_value_heads", "max_position_embeddings")}
+    kw.update(scfg.text_kwargs())
+    llava_cfg.text_config = LlamaConfig(**kw, vocab_size=vocab, pad_token_id=t.pad_token_id, bos_token_id=None,
+                                        eos_token_id=None, tie_word_embeddings=False)
+    llava_cfg.projector_hidden_act = proj_act  # LISA: one Linear ("linear", identity linear_2); mlp2x_gelu: "gelu"
+    llava_cfg.vision_feature_layer = scfg.vision_feature_layer(llava_cfg.vision_feature_layer)
     spec = spec_from(cfg, shapes)
     spec["presence_head"] = PRESENCE_UNTRAINED if cfg.presence_head else False
+    spec["prompt_style"] = style
     with torch.device("meta"):
         model = RosaliaModel(LlavaForConditionalGeneration(llava_cfg), SamModel(sam_cfg), tok, spec)
     return model, llava_cfg, sam_cfg
 
 
-def _write(sd, out: Path | None, dst: str, cfg, tok, dtype: str, store, src: str) -> dict[str, Any]:
+def _write(sd, out: Path | None, dst: str, cfg, tok, dtype: str, store, src: str, scfg: SourceConfig,
+           style: str) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     from rosalia.model.checkpoint import HEADS_FILE, SPEC_FILE
 
     emb = sd["model.embed_tokens.weight"]
     vocab = max(int(emb.shape[0]), len(tok))
-    model, llava_cfg, sam_cfg = _target_model(cfg, tok, vocab)
+    proj_layers, proj_act = projector_layout(sd, scfg)
+    model, llava_cfg, sam_cfg = _target_model(cfg, tok, vocab, scfg, proj_act, style)
     target = {k: v for k, v in model.state_dict().items()}
-    kmap = LisaKeyMap(target)
+    kmap = LisaKeyMap(target, proj_layers)
     # embeddings / lm_head grow when the tokenizer added tokens (<image>)
     grown = vocab - int(emb.shape[0])
     for k in ("model.embed_tokens.weight", LISA_LM_HEAD):
@@ -479,7 +545,7 @@ def _write(sd, out: Path | None, dst: str, cfg, tok, dtype: str, store, src: str
     src_dtype = mapped[kmap.proj + "linear_1.weight"].dtype
     out_dtype = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     for k, v in target.items():
-        if k.startswith(kmap.proj + "linear_2."):
+        if kmap.synthesized(k) and k.startswith(kmap.proj + "linear_2."):
             mapped[k] = torch.eye(v.shape[0], dtype=src_dtype) if k.endswith("weight") else torch.zeros(v.shape, dtype=src_dtype)
     heads = {k: v for k, v in mapped.items() if k.startswith(kmap.seg_fc)}
     if model.presence_head is not None:
@@ -521,7 +587,8 @@ def _write(sd, out: Path | None, dst: str, cfg, tok, dtype: str, store, src: str
         save_file(tensors(heads), str(out / HEADS_FILE))
         tok.save_pretrained(out / "tokenizer")
         spec = dict(model.spec)
-        spec["converted_from"] = {"source": src, "format": "lisa", "vocab_added_rows": grown}
+        spec["converted_from"] = {"source": src, "format": "lisa", "vocab_added_rows": grown,
+                                  "config_json": scfg.path is not None, "projector_layers": proj_layers}
         (out / SPEC_FILE).write_text(json.dumps(spec, indent=2))
         uri = str(out.resolve())
         if tmp is not None:
@@ -530,7 +597,8 @@ def _write(sd, out: Path | None, dst: str, cfg, tok, dtype: str, store, src: str
         if tmp is not None:
             tmp.cleanup()
     return {"out": uri, "size": cfg.size, "vocab": vocab, "vocab_added_rows": grown, "ignored_keys": len(unexpected),
-            "presence_head": spec["presence_head"], "tensors": len(mapped) + len(heads)}
+            "presence_head": spec["presence_head"], "prompt_style": style, "projector_layers": proj_layers,
+            "tensors": len(mapped) + len(heads)}
 
 
 def _upload(folder: Path, dst: str, store) -> str:

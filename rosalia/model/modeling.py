@@ -245,17 +245,3 @@ def apply_training_setup(model: RosaliaModel, train_cfg: "TrainConfig | None") -
 
 def trainable_parameters(model: RosaliaModel) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def build_model(model_cfg: "ModelConfig", train_cfg: "TrainConfig | None" = None) -> RosaliaModel:
-    """The model of `model_cfg` (from `model_cfg.checkpoint` when set, else random), set up for training if `train_cfg`."""
-    from rosalia.model.checkpoint import load_model
-
-    if model_cfg.checkpoint:
-        model = load_model(model_cfg.checkpoint, model_cfg)
-        model.train()
-    else:
-        if model_cfg.size != "tiny":
-            log.warning("building a randomly initialised %s model (no model.checkpoint)", model_cfg.size)
-        model = build_random(model_cfg)
-    return apply_training_setup(model, train_cfg)
