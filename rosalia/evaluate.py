@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ils.answers import agrees, decide
 from rosalia.data import PairDataset, collate_for, encode_texts
 from rosalia.metrics import group_report, inter_union, text_correct
 from rosalia.segmenter import clean_answer, count_components, remove_small_components
@@ -65,7 +66,10 @@ def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: fl
                 "ungated_inter": ui, "ungated_union": uu, "ungated_empty": not raw.any(),
                 "answer": answers[i],
                 "text_correct": text_correct(row["instruction"], answers[i], row["answer"]) if answers[i] is not None else None,
+                "raw_agreed": agrees(row["instruction"], answers[i], present) if answers[i] is not None else None,
             }
+            if answers[i] is not None:
+                rec["decided_agreed"] = agrees(row["instruction"], decide(row["instruction"], answers[i], present, float(prob[i])).answer, present)
             records.append(rec)
             if rec["presence"] and raw.any():
                 cleaned = remove_small_components(raw, frac)
@@ -81,9 +85,21 @@ def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: fl
     report = group_report(records)
     report["cleanup"] = {"min_component_frac": frac, **{k: float(np.mean(v)) if v else None for k, v in cleanup.items()},
                          "n": len(cleanup["raw_iou"])}
+    report["answer_agreement"] = agreement_report(records)
     report["presence_threshold"] = thr
     report["n_samples"] = len(records)
     return report, examples
+
+
+def agreement_report(records: list[dict]) -> dict[str, Any]:
+    """How often the answer text agrees with the gated presence decision: raw generation vs the
+    reconciled answer (ils.answers.decide); None when no text was generated."""
+    def rate(key: str) -> float | None:
+        vals = [r[key] for r in records if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {"raw": rate("raw_agreed"), "decided": rate("decided_agreed"),
+            "n": sum(r.get("raw_agreed") is not None for r in records)}
 
 
 def metrics_table(report: dict[str, Any]) -> str:
@@ -99,6 +115,10 @@ def metrics_table(report: dict[str, Any]) -> str:
         lines.append(f"{name:<18} {blk['n']:>5} {f(g['gIoU'])} ({f(u['gIoU'])}) {f(g['cIoU'])} ({f(u['cIoU'])}) "
                      f"{f(g['N-Acc'])} ({f(u['N-Acc'])}) {f(blk['text_accuracy'])}")
     lines.append("values in %: gated (ungated teacher-forced protocol)")
+    agr = report.get("answer_agreement") or {}
+    if agr.get("n"):
+        lines.append(f"answer text agrees with the presence decision: raw generation {f(agr['raw'])} %, "
+                     f"reconciled answer {f(agr['decided'])} % (n={agr['n']})")
     return "\n".join(lines)
 
 

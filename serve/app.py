@@ -368,6 +368,7 @@ class Ingress:
         t_model = time.perf_counter()
         mask = out["mask"]
         self.metrics.batch_size.observe(out["batch_size"])
+        self.metrics.observe_answer(out.get("answer_agreed"))
         parsed = _parse_structured(fields["instruction"], out["answer"])
         rid = request.state.request_id
         log.info("answered: kind=%s size=%dx%d batch=%d present=%s", kind, mask.shape[1], mask.shape[0],
@@ -378,14 +379,20 @@ class Ingress:
                 data = await asyncio.to_thread(codecs.dicom_seg, fields["image"], mask, label=label, model_id=out["model_id"])
             except Exception as exc:
                 raise HTTPError(422, f"cannot build a DICOM Segmentation for this image ({type(exc).__name__})") from None
-            answer_hdr = out["answer"].encode("ascii", "replace").decode("ascii")[:500]
+            def hdr(text: str) -> str:
+                return text.encode("ascii", "replace").decode("ascii")[:500]
+
             return Response(data, media_type="application/dicom", headers={
-                "X-ILS-Answer": answer_hdr, "X-ILS-Present": str(out["present"]).lower(),
+                "X-ILS-Answer": hdr(out["answer"]), "X-ILS-Message": hdr(out.get("message") or ""),
+                "X-ILS-Present": str(out["present"]).lower(),
                 "Content-Disposition": f'attachment; filename="seg-{rid}.dcm"'})
         body = {
             "request_id": rid,
             "instruction": fields["instruction"],
             "answer": out["answer"],
+            "message": out.get("message") or "",
+            "raw_answer": out.get("raw_answer", out["answer"]),
+            "raw_answer_agreed": out.get("answer_agreed"),
             "present": out["present"],
             "confidence": out["confidence"],
             "lesion": parsed.get("lesion"),
