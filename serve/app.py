@@ -38,6 +38,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from ils.config import Config, load_config
+from ils.instructions import EXAMPLE as INSTRUCTION_EXAMPLE
+from ils.instructions import InstructionError, normalize
+from ils.vocab import LESIONS
 from serve import codecs
 from serve.auth import KeyChecker, key_digests
 from serve.limits import InflightLimiter, PayloadTooLarge, check_content_length, read_limited, request_id
@@ -62,9 +65,9 @@ log.addFilter(_RequestIdFilter())
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+    def __init__(self, status: int, message: str, headers: Optional[dict] = None, kind: Optional[str] = None):
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+        self.status, self.message, self.headers, self.kind = status, message, headers or {}, kind
 
 
 def suggestions() -> list[str]:
@@ -208,11 +211,15 @@ class Ingress:
         self.max_body = (self.s.max_upload_bytes * 4) // 3 + 65536
 
     # ---- helpers -------------------------------------------------------------------------
-    def _error(self, request: Request, status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
-        return JSONResponse(
-            {"error": message, "status": status, "request_id": request.state.request_id},
-            status_code=status, headers=headers or {},
-        )
+    def _error(self, request: Request, status: int, message: str, headers: Optional[dict] = None,
+               kind: Optional[str] = None) -> JSONResponse:
+        body = {"error": message, "status": status, "request_id": request.state.request_id}
+        if kind:
+            body["kind"] = kind
+        if kind in ("unsupported_lesion", "no_lesion", "several_lesions"):
+            body["supported_lesions"] = list(LESIONS)
+            body["example"] = INSTRUCTION_EXAMPLE
+        return JSONResponse(body, status_code=status, headers=headers or {})
 
     def _auth(self, request: Request) -> None:
         status = self.keys.check(request.headers.get("authorization"))
@@ -269,6 +276,10 @@ class Ingress:
         if len(instruction) > self.s.max_instruction_chars:
             raise HTTPError(422, f"instruction longer than {self.s.max_instruction_chars} characters")
         fields["instruction"] = instruction
+        try:
+            fields["reading"] = normalize(instruction)
+        except InstructionError as exc:
+            raise HTTPError(422, str(exc), kind=exc.kind) from None
         fmt = (fields.get("format") or "json").lower()
         if fmt not in ("json", "dicom-seg"):
             raise HTTPError(422, "format must be 'json' or 'dicom-seg'")
@@ -339,7 +350,7 @@ class Ingress:
         except HTTPError as exc:
             status = exc.status
             log.info("rejected: %d %s", exc.status, exc.message if exc.status != 422 else "unprocessable request")
-            return self._error(request, exc.status, exc.message, exc.headers)
+            return self._error(request, exc.status, exc.message, exc.headers, exc.kind)
         except Exception as exc:
             log.exception("internal error (%s)", type(exc).__name__)
             return self._error(request, 500, "internal error")
@@ -359,7 +370,7 @@ class Ingress:
         t_dec = time.perf_counter()
         try:
             out = await asyncio.wait_for(
-                self.model.segment.remote(decoded.pixels, fields["instruction"]), timeout=self.s.request_timeout_s
+                self.model.segment.remote(decoded.pixels, fields["reading"].canonical), timeout=self.s.request_timeout_s
             )
         except BackPressureError:
             raise HTTPError(503, "model queue full, retry later", {"Retry-After": str(self.s.retry_after_s)}) from None
@@ -369,7 +380,8 @@ class Ingress:
         mask = out["mask"]
         self.metrics.batch_size.observe(out["batch_size"])
         self.metrics.observe_answer(out.get("answer_agreed"))
-        parsed = _parse_structured(fields["instruction"], out["answer"])
+        reading = fields["reading"]
+        parsed = _parse_structured(reading.canonical, out["answer"])
         rid = request.state.request_id
         log.info("answered: kind=%s size=%dx%d batch=%d present=%s", kind, mask.shape[1], mask.shape[0],
                  out["batch_size"], out["present"])
@@ -389,6 +401,8 @@ class Ingress:
         body = {
             "request_id": rid,
             "instruction": fields["instruction"],
+            "normalized_instruction": reading.canonical,
+            "instruction_reading": reading.as_dict(),
             "answer": out["answer"],
             "message": out.get("message") or "",
             "raw_answer": out.get("raw_answer", out["answer"]),
