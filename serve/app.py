@@ -42,6 +42,7 @@ from ils.instructions import EXAMPLE as INSTRUCTION_EXAMPLE
 from ils.instructions import InstructionError, normalize
 from ils.vocab import LESIONS
 from serve import codecs
+from serve import openapi as serve_openapi
 from serve.auth import KeyChecker, key_digests
 from serve.limits import InflightLimiter, PayloadTooLarge, check_content_length, read_limited, request_id
 from serve.metrics import ServiceMetrics
@@ -49,6 +50,8 @@ from serve.model_deployment import ModelServer, validate
 
 log = logging.getLogger("ils.serve")
 WEB_DIR = Path(__file__).resolve().parent / "web"
+FORM_FIELDS = {"image", "instruction", "format", "preview"}  # request body fields, as the OpenAPI document says
+JSON_FIELDS = {"image_b64", "instruction", "format", "preview"}
 WEB_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("ils_request_id", default="-")
 
@@ -117,8 +120,24 @@ def _preview_png_b64(pixels: np.ndarray, max_side: int = 1024) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _truthy(value: Any) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
+def _format(value: Any) -> str:
+    """The `format` field or query value: exactly one of serve.openapi.FORMATS."""
+    if value not in serve_openapi.FORMATS:
+        raise HTTPError(422, "format must be 'json' or 'dicom-seg'")
+    return value
+
+
+def _no_unknown_fields(names, allowed: set[str]) -> None:
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise HTTPError(422, f"unknown field(s) {', '.join(repr(n)[:40] for n in unknown[:5])}; expected {', '.join(sorted(allowed))}")
+
+
+def _flag(value: Any) -> bool:
+    """A form or query boolean: exactly 'true' or 'false'."""
+    if value not in serve_openapi.BOOL_STRINGS:
+        raise HTTPError(422, "preview must be 'true' or 'false'")
+    return value == "true"
 
 
 fastapi_app = FastAPI(
@@ -151,49 +170,6 @@ def _serve_request_id() -> str:
         return ""
 
 
-_SEGMENT_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "instruction"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "DICOM, PNG or JPEG"},
-                        "instruction": {"type": "string", "example": "Segment the effusion in the left lung base."},
-                        "format": {"type": "string", "enum": ["json", "dicom-seg"]},
-                        "preview": {"type": "boolean"},
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image_b64", "instruction"],
-                    "properties": {
-                        "image_b64": {"type": "string", "format": "byte"},
-                        "instruction": {"type": "string"},
-                        "format": {"type": "string", "enum": ["json", "dicom-seg"]},
-                        "preview": {"type": "boolean"},
-                    },
-                }
-            },
-        },
-    },
-    "parameters": [
-        {"name": "format", "in": "query", "required": False, "schema": {"type": "string", "enum": ["json", "dicom-seg"]}},
-    ],
-    "responses": {
-        "200": {"description": "JSON result, or application/dicom (DICOM Segmentation) with format=dicom-seg"},
-        "401": {"description": "missing API key"}, "403": {"description": "wrong API key"},
-        "413": {"description": "upload or image dimensions over the limit"},
-        "415": {"description": "not DICOM/PNG/JPEG"}, "422": {"description": "undecodable image or bad instruction"},
-        "503": {"description": "overloaded; retry after Retry-After seconds"},
-    },
-}
-
-
 @serve.deployment(name="Ingress")
 @serve.ingress(fastapi_app)
 class Ingress:
@@ -207,6 +183,7 @@ class Ingress:
         self.limiter = InflightLimiter(self.s.max_queued_requests)
         self.metrics = ServiceMetrics()
         self.index = _index_html()
+        serve_openapi.install(fastapi_app, self.s)  # the contract of this configuration's limits
         # base64 JSON inflates the image by 4/3; leave room for the other fields
         self.max_body = (self.s.max_upload_bytes * 4) // 3 + 65536
 
@@ -233,21 +210,24 @@ class Ingress:
         check_content_length(request.headers.get("content-length"), self.max_body)
         ctype = request.headers.get("content-type", "").lower()
         body = await read_limited(request.stream(), self.max_body)
-        fields: dict[str, Any] = {"format": request.query_params.get("format"), "preview": request.query_params.get("preview")}
+        query = request.query_params
+        fields: dict[str, Any] = {"format": _format(query.get("format", "json")), "preview": _flag(query.get("preview", "false"))}
         if ctype.startswith("multipart/form-data"):
             request._body = body  # let Starlette parse the already bounded body
             try:
                 form = await request.form(max_files=2, max_fields=10, max_part_size=64 * 1024)
             except Exception as exc:
                 raise HTTPError(422, f"malformed multipart body: {type(exc).__name__}") from None
+            _no_unknown_fields(form.keys(), FORM_FIELDS)
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
                 raise HTTPError(422, "multipart field 'image' (a file) is required")
             fields["image"] = await upload.read()
             fields["instruction"] = form.get("instruction")
-            for key in ("format", "preview"):
-                if form.get(key) is not None:
-                    fields[key] = form.get(key)
+            if form.get("format") is not None:
+                fields["format"] = _format(form.get("format"))
+            if form.get("preview") is not None:
+                fields["preview"] = _flag(form.get("preview"))
         elif ctype.startswith("application/json"):
             try:
                 data = json.loads(body)
@@ -255,6 +235,7 @@ class Ingress:
                 raise HTTPError(422, "body is not valid JSON") from None
             if not isinstance(data, dict):
                 raise HTTPError(422, "JSON body must be an object")
+            _no_unknown_fields(data.keys(), JSON_FIELDS)
             if not isinstance(data.get("image_b64"), str):
                 raise HTTPError(422, "JSON field 'image_b64' (base64 string) is required")
             try:
@@ -262,9 +243,12 @@ class Ingress:
             except ValueError:
                 raise HTTPError(422, "image_b64 is not valid base64") from None
             fields["instruction"] = data.get("instruction")
-            for key in ("format", "preview"):
-                if data.get(key) is not None:
-                    fields[key] = data[key]
+            if "format" in data:
+                fields["format"] = _format(data["format"])
+            if "preview" in data:
+                if not isinstance(data["preview"], bool):
+                    raise HTTPError(422, "JSON field 'preview' must be true or false")
+                fields["preview"] = data["preview"]
         else:
             raise HTTPError(415, "send multipart/form-data (fields image, instruction) or application/json")
         if len(fields["image"]) > self.s.max_upload_bytes:
@@ -280,11 +264,6 @@ class Ingress:
             fields["reading"] = normalize(instruction)
         except InstructionError as exc:
             raise HTTPError(422, str(exc), kind=exc.kind) from None
-        fmt = (fields.get("format") or "json").lower()
-        if fmt not in ("json", "dicom-seg"):
-            raise HTTPError(422, "format must be 'json' or 'dicom-seg'")
-        fields["format"] = fmt
-        fields["preview"] = _truthy(fields.get("preview"))
         return fields
 
     def _decode(self, data: bytes):
@@ -328,7 +307,7 @@ class Ingress:
             return self._error(request, 404, "not found")
         return Response((WEB_DIR / name).read_bytes(), media_type=WEB_FILES[name])
 
-    @fastapi_app.post("/v1/segment", summary="segment the lesion named by an instruction", openapi_extra=_SEGMENT_OPENAPI)
+    @fastapi_app.post("/v1/segment", summary="segment the lesion named by an instruction")
     async def segment(self, request: Request) -> Response:
         t0 = time.perf_counter()
         status = 500
