@@ -23,11 +23,13 @@ from rosalia.segmenter import clean_answer, count_components, remove_small_compo
 
 log = logging.getLogger(__name__)
 
-
 @torch.no_grad()
 def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: float = 0.0,
-             generate_text: bool = True, max_examples: int = 8, progress: bool = True) -> tuple[dict[str, Any], list[dict]]:
-    """(report, examples): metrics grouped by lesion/type, gated and ungated; a few overlays."""
+             generate_text: bool = True, max_examples: int = 8, progress: bool = True,
+             records_out: list | None = None) -> tuple[dict[str, Any], list[dict]]:
+    """(report, examples): metrics grouped by lesion/type, gated and ungated; a few overlays.
+
+    The per-pair records are appended to `records_out` when given."""
     model.eval()
     collate = collate_for(model)
     thr = float(model.spec.get("presence_threshold", 0.5))
@@ -83,12 +85,32 @@ def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: fl
                 examples.append({"image": it["image"].numpy(), "target": target, "pred": gated, "instruction": row["instruction"],
                                  "answer": answers[i], "p_present": float(prob[i])})
     report = group_report(records)
+    if records_out is not None:
+        records_out.extend(records)
     report["cleanup"] = {"min_component_frac": frac, **{k: float(np.mean(v)) if v else None for k, v in cleanup.items()},
                          "n": len(cleanup["raw_iou"])}
     report["answer_agreement"] = agreement_report(records)
     report["presence_threshold"] = thr
     report["n_samples"] = len(records)
     return report, examples
+
+
+def add_paraphrase_report(report: dict[str, Any], records: list[dict], model, dataset, batch_size: int = 16,
+                          cleanup_frac: float = 0.0, generate_text: bool = True) -> None:
+    """report["paraphrase"]: the same metrics on the pairs that have a paraphrase, asked with it
+    (the raw model, no instruction normalisation), next to the template figures on the same pairs
+    (`records`: the template pass's per-pair records from `evaluate(..., records_out=)`)."""
+    from rosalia.paraphrased import with_paraphrases
+
+    para = with_paraphrases(dataset)
+    if para is None:
+        report["paraphrase"] = None
+        return
+    p_report, _ = evaluate(model, para, batch_size, cleanup_frac, generate_text, max_examples=0, progress=False)
+    ids = {r.get("pair_id") for r in para.rows}
+    t_report = group_report([r for r in records if r["pair_id"] in ids])
+    report["paraphrase"] = {"n": len(para), "template": {"overall": t_report["overall"], "per_type": t_report["per_type"]},
+                            "paraphrase": {"overall": p_report["overall"], "per_type": p_report["per_type"]}}
 
 
 def agreement_report(records: list[dict]) -> dict[str, Any]:
@@ -115,6 +137,16 @@ def metrics_table(report: dict[str, Any]) -> str:
         lines.append(f"{name:<18} {blk['n']:>5} {f(g['gIoU'])} ({f(u['gIoU'])}) {f(g['cIoU'])} ({f(u['cIoU'])}) "
                      f"{f(g['N-Acc'])} ({f(u['N-Acc'])}) {f(blk['text_accuracy'])}")
     lines.append("values in %: gated (ungated teacher-forced protocol)")
+    para = report.get("paraphrase")
+    if para:
+        lines.append(f"same {para['n']} pairs asked as template / as paraphrase (raw model, no normalisation):")
+        for name in ["overall", *para["template"]["per_type"]]:
+            t = para["template"]["overall"] if name == "overall" else para["template"]["per_type"][name]
+            p = para["paraphrase"]["overall"] if name == "overall" else para["paraphrase"]["per_type"].get(name)
+            if p is None:
+                continue
+            lines.append(f"  {name:<16} gIoU {f(t['gated']['gIoU'])} / {f(p['gated']['gIoU'])}   N-Acc {f(t['gated']['N-Acc'])} / "
+                         f"{f(p['gated']['N-Acc'])}   text {f(t['text_accuracy'])} / {f(p['text_accuracy'])}")
     agr = report.get("answer_agreement") or {}
     if agr.get("n"):
         lines.append(f"answer text agrees with the presence decision: raw generation {f(agr['raw'])} %, "

@@ -50,3 +50,20 @@ def test_refusals_name_the_supported_findings(typed, kind, says):
     with pytest.raises(InstructionError) as err:
         normalize(typed)
     assert err.value.kind == kind and says in str(err.value)
+
+
+def test_paraphrases_read_back_to_their_template():
+    from ils.paraphrase import paraphrases
+
+    cases = [("basic", "effusion", ["left lung base"]), ("basic", "edema", ["right lung base", "left lung base"]),
+             ("global", "cardiomegaly", []), ("global", "pneumonia", []), ("lesion_inference", "opacity", ["left mid zone lung"]),
+             ("basic", "consolidation", ["lung"])]
+    for type_, lesion, locs in cases:
+        out = paraphrases(type_, lesion, locs, key="pair-1")
+        canonical = normalize(f"Segment the {lesion}.").canonical if type_ == "global" else None
+        assert len(out) == 3 and len(set(out)) == 3, out
+        assert paraphrases(type_, lesion, locs, key="pair-1") == out  # deterministic per pair
+        for text in out:
+            r = normalize(text)
+            assert r.how == "normalized" and (r.type, r.lesion, list(r.locations)) == (type_, lesion, locs), text
+            assert canonical is None or r.canonical == canonical

@@ -115,9 +115,13 @@ def test_ils_eval_cli(setup, capsys):
     assert 0 <= o["ungated"]["gIoU"] <= 1 and o["text_accuracy"] is not None
     agr = rep["answer_agreement"]
     assert agr["n"] == len(ds) and 0 <= agr["raw"] <= 1 and agr["decided"] == 1.0
+    para = rep["paraphrase"]  # template and paraphrase scores of the same pairs, side by side
+    assert para["n"] == sum(bool(r["paraphrases"]) for r in ds.rows) > 0
+    assert para["template"]["overall"]["n"] == para["paraphrase"]["overall"]["n"] == para["n"]
     assert set(rep["per_lesion"]) <= {"cardiomegaly", "pneumonia", "atelectasis", "opacity", "consolidation", "edema", "effusion"}
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
-    assert "gIoU" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "gIoU" in printed and "as template / as paraphrase" in printed and "raw generation" in printed
     assert main(["eval", "--checkpoint", str(root / "nope"), "--data", run.root_uri, "--out", str(out)]) == 2
 
 
@@ -140,3 +144,20 @@ def test_segmenter_reconciles_a_model_made_to_disagree(setup, monkeypatch, force
     assert r.message == ("Pleural effusion found in the left lung base (confidence 1.00)." if forced_present
                          else "No pleural effusion found in the left lung base.")
     assert r.parsed["presence"] is forced_present
+
+
+def test_paraphrased_pairs_sample_paraphrases(setup):
+    from rosalia.paraphrased import ParaphrasedPairs, with_paraphrases
+
+    cfg, model, ck, run, _ = setup
+    ds = PairDataset.from_run(run, None, 64, 64)
+    torch.manual_seed(0)
+    sampled = ParaphrasedPairs(ds, 0.5)
+    asked = [sampled[i]["instruction"] for i in range(len(ds))]
+    para = [i for i, r in enumerate(ds.rows) if asked[i] != r["instruction"]]
+    assert 0 < len(para) < len(ds) and all(asked[i] in ds.rows[i]["paraphrases"] for i in para)
+    assert all(sampled[i]["row"]["instruction"] == ds.rows[i]["instruction"] for i in range(len(ds)))  # scored on the template
+    first = with_paraphrases(ds)
+    assert all(first[i]["instruction"] == first.rows[i]["paraphrases"][0] for i in range(len(first)))
+    with pytest.raises(ValueError):
+        ParaphrasedPairs(ds, 1.5)
