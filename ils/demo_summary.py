@@ -44,6 +44,12 @@ def eval_lines(report: Optional[dict]) -> list[str]:
     if agr.get("n"):
         lines.append(f"answer text agrees with the presence decision: raw generation {_pct(agr['raw']).strip()} %, "
                      f"served answer {_pct(agr['decided']).strip()} %")
+    para = report.get("paraphrase")
+    if para:
+        t, p = para["template"]["overall"], para["paraphrase"]["overall"]
+        lines.append(f"same {para['n']} pairs asked as paraphrases (raw model): gIoU {_pct(t['gated']['gIoU']).strip()} -> "
+                     f"{_pct(p['gated']['gIoU']).strip()}, N-Acc {_pct(t['gated']['N-Acc']).strip()} -> "
+                     f"{_pct(p['gated']['N-Acc']).strip()}, text {_pct(t['text_accuracy']).strip()} -> {_pct(p['text_accuracy']).strip()}")
     lines.append("values in %, presence-gated masks")
     return lines
 

@@ -40,3 +40,16 @@ def test_stage_output_goes_to_log_files(tmp_path):
     for text in ("print from the stage", "a log line from the stage", "from a child process", "child stderr", "raw fd 2 write"):
         assert text in log
     assert (tmp_path / "logs" / "02-failing.log").exists()
+
+
+def test_demo_eval_summary_shows_agreement_and_paraphrases():
+    from ils.demo_summary import eval_lines
+
+    blk = {"n": 4, "gated": {"gIoU": 0.5, "cIoU": 0.25, "N-Acc": 1.0}, "text_accuracy": 0.75}
+    report = {"overall": blk, "per_type": {"basic": blk}, "answer_agreement": {"raw": 0.072, "decided": 1.0, "n": 4},
+              "paraphrase": {"n": 3, "template": {"overall": blk}, "paraphrase": {"overall": dict(blk, text_accuracy=0.5)}}}
+    lines = eval_lines(report)
+    assert lines[1].split() == ["all", "4", "50.0", "25.0", "100.0", "75.0"]
+    assert "raw generation 7.2 %, served answer 100.0 %" in lines[3]
+    assert "same 3 pairs asked as paraphrases" in lines[4] and "text 75.0 -> 50.0" in lines[4]
+    assert eval_lines(None) == ["(no report)"]
