@@ -207,6 +207,7 @@ class TrainConfig:
     negative_ratio: float = 1.0  # negatives per positive in an epoch (SPEC: 1:1)
     pairs_per_image: int = 1  # up to this many of an image's pairs next to each other in the epoch (shared SAM pass)
     augment: bool = False  # exposure jitter + small shifts of training images (rosalia.data.AugmentedPairs)
+    paraphrase_prob: float = 0.0  # chance a training pair is asked with one of its paraphrases (rosalia.paraphrased)
     freeze_vision: bool = True  # freeze CLIP tower, projector, SAM image/prompt encoders (false for random tiny)
     checkpoint_every: int = 100
     eval_every: int = 200
@@ -231,6 +232,7 @@ class EvalConfig:
     batch_size: int = 16
     cleanup_min_component_frac: float = 0.0  # 0 disables connected-component cleanup
     max_examples: int = 8
+    paraphrases: bool = True  # also score the pairs asked with their first paraphrase, side by side
 
 
 @dataclass

@@ -86,6 +86,7 @@ PAIR = pa.schema(
         pa.field("seg", pa.bool_(), nullable=False),  # True when the target mask is non-empty
         pa.field("mask_ids", _strs),
         pa.field("seg_mask_path", _str),  # relative to the run root; null for negatives
+        pa.field("paraphrases", _strs),  # the instruction as people type it, validated (ils.paraphrase)
     ]
 )
 

@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ils.config import PairConfig
+from ils.paraphrase import paraphrases
 from ils.templates import answer, instruction
 from ils.vocab import INFERABLE_LESIONS, LESIONS, canonical_locations
 from ilsgen.verify import expand, lesion_free_locations, locations_agree
@@ -66,8 +67,9 @@ def _pair(study, type_, target, lesion, locs, presence, text_locs=None, *, infer
     instr = instruction(type_, target, locs)
     ans = answer(type_, target, presence, list(text_locs if text_locs is not None else locs), inferred=inferred, certainty=certainty)
     row = _base(study)
+    pid = pair_id(study["study_id"], type_, target, lesion, locs if type_ != "global" else list(text_locs or []), presence)
     row.update(
-        pair_id=pair_id(study["study_id"], type_, target, lesion, locs if type_ != "global" else list(text_locs or []), presence),
+        pair_id=pid, paraphrases=paraphrases(type_, target, locs if type_ != "global" else [], key=pid),
         instruction=instr, answer=ans, type=type_, target=target, lesion=lesion,
         locations=list(text_locs if text_locs is not None else locs),
         reported_locations=list(reported), grounded_locations=list(grounded), presence=presence,

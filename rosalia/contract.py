@@ -16,11 +16,14 @@ import numpy as np
 @dataclass
 class SegResult:
     mask: np.ndarray  # bool (H, W), empty when the finding is judged absent
-    answer: str  # generated text, starts with [SEG]
-    present: bool  # the model's presence decision
+    answer: str  # the answer, starts with [SEG]; agrees with `present` (ils.answers.decide)
+    present: bool  # the model's presence decision; the mask is empty if and only if False
     confidence: float  # probability that the finding is present, in [0, 1]
     parsed: dict = field(default_factory=dict)  # ils.templates.parse_answer fields, if parseable
     timings: dict = field(default_factory=dict)  # seconds per phase (shared by the batch)
+    raw_answer: str = ""  # the generation as decoded (before reconciliation)
+    agreed: bool | None = None  # did the raw generation agree with `present`? None: off-template instruction
+    message: str = ""  # the result in plain words
 
 
 class SegmenterLike(Protocol):

@@ -398,6 +398,7 @@ def synthetic_run(run: Store, n_studies: int, seed: int = 0, size: int = 128, sp
     `split_every`-th study is `test`, the rest `train`.
     """
     from ils import templates as T
+    from ils.paraphrase import paraphrases
     from ils.schema import conform
     from ils.vocab import SIDES, ZONE_KINDS, zone_name
 
@@ -437,7 +438,8 @@ def synthetic_run(run: Store, n_studies: int, seed: int = 0, size: int = 128, sp
         def add(type_, target, locs, pres, mask_path=None, ans_locs=()):
             rows.append(dict(base, pair_id=f"{sid}-{len(rows)}", instruction=T.instruction(type_, target, locs),
                              answer=T.answer(type_, target, pres, ans_locs or locs), type=type_, target=target, lesion=target,
-                             locations=list(ans_locs or locs), presence=pres, seg=pres, seg_mask_path=mask_path, mask_ids=[]))
+                             locations=list(ans_locs or locs), presence=pres, seg=pres, seg_mask_path=mask_path, mask_ids=[],
+                             paraphrases=paraphrases(type_, target, locs, key=f"{sid}-{len(rows)}")))
 
         for lesion, (mask, locs) in present.items():
             mp = f"masks/{sid}/{sid}_{lesion}_0.png"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ils.answers import agrees, decide
 from rosalia.data import PairDataset, collate_for, encode_texts
 from rosalia.prompting import style_of
 from rosalia.metrics import group_report, inter_union, text_correct
@@ -23,11 +24,13 @@ from rosalia.segmenter import clean_answer, count_components, remove_small_compo
 
 log = logging.getLogger(__name__)
 
-
 @torch.no_grad()
 def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: float = 0.0,
-             generate_text: bool = True, max_examples: int = 8, progress: bool = True) -> tuple[dict[str, Any], list[dict]]:
-    """(report, examples): metrics grouped by lesion/type, gated and ungated; a few overlays."""
+             generate_text: bool = True, max_examples: int = 8, progress: bool = True,
+             records_out: list | None = None) -> tuple[dict[str, Any], list[dict]]:
+    """(report, examples): metrics grouped by lesion/type, gated and ungated; a few overlays.
+
+    The per-pair records are appended to `records_out` when given."""
     model.eval()
     collate = collate_for(model)
     thr = float(model.spec.get("presence_threshold", 0.5))
@@ -67,7 +70,10 @@ def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: fl
                 "ungated_inter": ui, "ungated_union": uu, "ungated_empty": not raw.any(),
                 "answer": answers[i],
                 "text_correct": text_correct(row["instruction"], answers[i], row["answer"]) if answers[i] is not None else None,
+                "raw_agreed": agrees(row["instruction"], answers[i], present) if answers[i] is not None else None,
             }
+            if answers[i] is not None:
+                rec["decided_agreed"] = agrees(row["instruction"], decide(row["instruction"], answers[i], present, float(prob[i])).answer, present)
             records.append(rec)
             if rec["presence"] and raw.any():
                 cleaned = remove_small_components(raw, frac)
@@ -81,11 +87,43 @@ def evaluate(model, dataset: PairDataset, batch_size: int = 16, cleanup_frac: fl
                 examples.append({"image": it["image"].numpy(), "target": target, "pred": gated, "instruction": row["instruction"],
                                  "answer": answers[i], "p_present": float(prob[i])})
     report = group_report(records)
+    if records_out is not None:
+        records_out.extend(records)
     report["cleanup"] = {"min_component_frac": frac, **{k: float(np.mean(v)) if v else None for k, v in cleanup.items()},
                          "n": len(cleanup["raw_iou"])}
+    report["answer_agreement"] = agreement_report(records)
     report["presence_threshold"] = thr
     report["n_samples"] = len(records)
     return report, examples
+
+
+def add_paraphrase_report(report: dict[str, Any], records: list[dict], model, dataset, batch_size: int = 16,
+                          cleanup_frac: float = 0.0, generate_text: bool = True) -> None:
+    """report["paraphrase"]: the same metrics on the pairs that have a paraphrase, asked with it
+    (the raw model, no instruction normalisation), next to the template figures on the same pairs
+    (`records`: the template pass's per-pair records from `evaluate(..., records_out=)`)."""
+    from rosalia.paraphrased import with_paraphrases
+
+    para = with_paraphrases(dataset)
+    if para is None:
+        report["paraphrase"] = None
+        return
+    p_report, _ = evaluate(model, para, batch_size, cleanup_frac, generate_text, max_examples=0, progress=False)
+    ids = {r.get("pair_id") for r in para.rows}
+    t_report = group_report([r for r in records if r["pair_id"] in ids])
+    report["paraphrase"] = {"n": len(para), "template": {"overall": t_report["overall"], "per_type": t_report["per_type"]},
+                            "paraphrase": {"overall": p_report["overall"], "per_type": p_report["per_type"]}}
+
+
+def agreement_report(records: list[dict]) -> dict[str, Any]:
+    """How often the answer text agrees with the gated presence decision: raw generation vs the
+    reconciled answer (ils.answers.decide); None when no text was generated."""
+    def rate(key: str) -> float | None:
+        vals = [r[key] for r in records if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {"raw": rate("raw_agreed"), "decided": rate("decided_agreed"),
+            "n": sum(r.get("raw_agreed") is not None for r in records)}
 
 
 def metrics_table(report: dict[str, Any]) -> str:
@@ -101,6 +139,20 @@ def metrics_table(report: dict[str, Any]) -> str:
         lines.append(f"{name:<18} {blk['n']:>5} {f(g['gIoU'])} ({f(u['gIoU'])}) {f(g['cIoU'])} ({f(u['cIoU'])}) "
                      f"{f(g['N-Acc'])} ({f(u['N-Acc'])}) {f(blk['text_accuracy'])}")
     lines.append("values in %: gated (ungated teacher-forced protocol)")
+    para = report.get("paraphrase")
+    if para:
+        lines.append(f"same {para['n']} pairs asked as template / as paraphrase (raw model, no normalisation):")
+        for name in ["overall", *para["template"]["per_type"]]:
+            t = para["template"]["overall"] if name == "overall" else para["template"]["per_type"][name]
+            p = para["paraphrase"]["overall"] if name == "overall" else para["paraphrase"]["per_type"].get(name)
+            if p is None:
+                continue
+            lines.append(f"  {name:<16} gIoU {f(t['gated']['gIoU'])} / {f(p['gated']['gIoU'])}   N-Acc {f(t['gated']['N-Acc'])} / "
+                         f"{f(p['gated']['N-Acc'])}   text {f(t['text_accuracy'])} / {f(p['text_accuracy'])}")
+    agr = report.get("answer_agreement") or {}
+    if agr.get("n"):
+        lines.append(f"answer text agrees with the presence decision: raw generation {f(agr['raw'])} %, "
+                     f"reconciled answer {f(agr['decided'])} % (n={agr['n']})")
     return "\n".join(lines)
 
 

@@ -2,7 +2,9 @@
 
 Per batch: preprocess -> greedy answer generation from prompts ending in [SEG] (the last-layer
 state before [SEG] depends only on the prompt, so it equals the teacher-forced one) -> SAM mask
-decoding -> presence gating -> optional connected-component cleanup.
+decoding -> presence gating -> optional connected-component cleanup -> one decision per answer
+(`ils.answers.decide`: the answer text is rebuilt when the generation contradicts the decision;
+a gated-present finding whose mask comes out empty is reported absent).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ils.answers import decide
 from ils.errors import UserError
 from ils.templates import parse_answer
 from rosalia.contract import SegResult
@@ -134,14 +137,16 @@ class Segmenter:
             gated = m.presence_head is not None and not str(m.spec.get("presence_head")).startswith("untrained")  # converted LISA: ungated
             present = bool(prob[i] >= self.threshold) if gated else bool(raw.any())
             mask = remove_small_components(raw, self.cleanup) if present else np.zeros_like(raw)
-            answer = clean_answer(texts[i])
+            present = present and bool(mask.any())  # one decision: an empty mask is an absent finding
+            d = decide(instructions[i], clean_answer(texts[i]), present, float(prob[i]))
             try:
-                p = parse_answer(instructions[i], answer)
-                parsed = {"type": p.type, "lesion": p.lesion, "locations": list(p.locations), "presence": p.presence,
-                          "inferred": p.inferred, "certainty": p.certainty}
+                p = parse_answer(instructions[i], d.answer)
+                parsed = {"type": p.type, "lesion": p.lesion, "locations": list(d.locations), "presence": p.presence,
+                          "inferred": d.inferred, "certainty": d.certainty}
             except ValueError:
                 parsed = {}
-            results.append(SegResult(mask=mask, answer=answer, present=present, confidence=float(prob[i]), parsed=parsed))
+            results.append(SegResult(mask=mask, answer=d.answer, present=present, confidence=float(prob[i]), parsed=parsed,
+                                     raw_answer=d.raw_answer, agreed=d.agreed, message=d.message))
         t4 = time.perf_counter()
         timings = {"preprocess_s": t1 - t0, "generate_s": t2 - t1, "mask_s": t3 - t2, "postprocess_s": t4 - t3, "batch_size": len(arrays)}
         for r in results:

@@ -122,6 +122,10 @@ def rosalia_components(cfg: Config, data_uri: str, rank: int = 0, world: int = 1
     groups = train_set.image_index  # pairs of one image may share a SAM pass (train.pairs_per_image)
     if cfg.train.augment:
         train_set = train_set.augmented()  # jittered per pair: nothing to share, the grouping only orders
+    if cfg.train.paraphrase_prob > 0:
+        from rosalia.paraphrased import ParaphrasedPairs
+
+        train_set = ParaphrasedPairs(train_set, cfg.train.paraphrase_prob)
     plan = PlanOrder(cfg.train.seed, train_set.presence, repeats, cfg.train.negative_ratio, groups, cfg.train.pairs_per_image)
     return Components(model, train_set, collate, plan, val_set, collate, export)
 

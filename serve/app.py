@@ -38,7 +38,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from ils.config import Config, load_config
+from ils.instructions import EXAMPLE as INSTRUCTION_EXAMPLE
+from ils.instructions import InstructionError, normalize
+from ils.vocab import LESIONS
 from serve import codecs
+from serve import openapi as serve_openapi
 from serve.auth import KeyChecker, key_digests
 from serve.limits import InflightLimiter, PayloadTooLarge, check_content_length, read_limited, request_id
 from serve.metrics import ServiceMetrics
@@ -46,6 +50,8 @@ from serve.model_deployment import ModelServer, validate
 
 log = logging.getLogger("ils.serve")
 WEB_DIR = Path(__file__).resolve().parent / "web"
+FORM_FIELDS = {"image", "instruction", "format", "preview"}  # request body fields, as the OpenAPI document says
+JSON_FIELDS = {"image_b64", "instruction", "format", "preview"}
 WEB_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("ils_request_id", default="-")
 
@@ -62,9 +68,9 @@ log.addFilter(_RequestIdFilter())
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+    def __init__(self, status: int, message: str, headers: Optional[dict] = None, kind: Optional[str] = None):
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+        self.status, self.message, self.headers, self.kind = status, message, headers or {}, kind
 
 
 def suggestions() -> list[str]:
@@ -114,8 +120,24 @@ def _preview_png_b64(pixels: np.ndarray, max_side: int = 1024) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _truthy(value: Any) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
+def _format(value: Any) -> str:
+    """The `format` field or query value: exactly one of serve.openapi.FORMATS."""
+    if value not in serve_openapi.FORMATS:
+        raise HTTPError(422, "format must be 'json' or 'dicom-seg'")
+    return value
+
+
+def _no_unknown_fields(names, allowed: set[str]) -> None:
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise HTTPError(422, f"unknown field(s) {', '.join(repr(n)[:40] for n in unknown[:5])}; expected {', '.join(sorted(allowed))}")
+
+
+def _flag(value: Any) -> bool:
+    """A form or query boolean: exactly 'true' or 'false'."""
+    if value not in serve_openapi.BOOL_STRINGS:
+        raise HTTPError(422, "preview must be 'true' or 'false'")
+    return value == "true"
 
 
 fastapi_app = FastAPI(
@@ -148,49 +170,6 @@ def _serve_request_id() -> str:
         return ""
 
 
-_SEGMENT_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "instruction"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "DICOM, PNG or JPEG"},
-                        "instruction": {"type": "string", "example": "Segment the effusion in the left lung base."},
-                        "format": {"type": "string", "enum": ["json", "dicom-seg"]},
-                        "preview": {"type": "boolean"},
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image_b64", "instruction"],
-                    "properties": {
-                        "image_b64": {"type": "string", "format": "byte"},
-                        "instruction": {"type": "string"},
-                        "format": {"type": "string", "enum": ["json", "dicom-seg"]},
-                        "preview": {"type": "boolean"},
-                    },
-                }
-            },
-        },
-    },
-    "parameters": [
-        {"name": "format", "in": "query", "required": False, "schema": {"type": "string", "enum": ["json", "dicom-seg"]}},
-    ],
-    "responses": {
-        "200": {"description": "JSON result, or application/dicom (DICOM Segmentation) with format=dicom-seg"},
-        "401": {"description": "missing API key"}, "403": {"description": "wrong API key"},
-        "413": {"description": "upload or image dimensions over the limit"},
-        "415": {"description": "not DICOM/PNG/JPEG"}, "422": {"description": "undecodable image or bad instruction"},
-        "503": {"description": "overloaded; retry after Retry-After seconds"},
-    },
-}
-
-
 @serve.deployment(name="Ingress")
 @serve.ingress(fastapi_app)
 class Ingress:
@@ -204,15 +183,20 @@ class Ingress:
         self.limiter = InflightLimiter(self.s.max_queued_requests)
         self.metrics = ServiceMetrics()
         self.index = _index_html()
+        serve_openapi.install(fastapi_app, self.s)  # the contract of this configuration's limits
         # base64 JSON inflates the image by 4/3; leave room for the other fields
         self.max_body = (self.s.max_upload_bytes * 4) // 3 + 65536
 
     # ---- helpers -------------------------------------------------------------------------
-    def _error(self, request: Request, status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
-        return JSONResponse(
-            {"error": message, "status": status, "request_id": request.state.request_id},
-            status_code=status, headers=headers or {},
-        )
+    def _error(self, request: Request, status: int, message: str, headers: Optional[dict] = None,
+               kind: Optional[str] = None) -> JSONResponse:
+        body = {"error": message, "status": status, "request_id": request.state.request_id}
+        if kind:
+            body["kind"] = kind
+        if kind in ("unsupported_lesion", "no_lesion", "several_lesions"):
+            body["supported_lesions"] = list(LESIONS)
+            body["example"] = INSTRUCTION_EXAMPLE
+        return JSONResponse(body, status_code=status, headers=headers or {})
 
     def _auth(self, request: Request) -> None:
         status = self.keys.check(request.headers.get("authorization"))
@@ -226,21 +210,24 @@ class Ingress:
         check_content_length(request.headers.get("content-length"), self.max_body)
         ctype = request.headers.get("content-type", "").lower()
         body = await read_limited(request.stream(), self.max_body)
-        fields: dict[str, Any] = {"format": request.query_params.get("format"), "preview": request.query_params.get("preview")}
+        query = request.query_params
+        fields: dict[str, Any] = {"format": _format(query.get("format", "json")), "preview": _flag(query.get("preview", "false"))}
         if ctype.startswith("multipart/form-data"):
             request._body = body  # let Starlette parse the already bounded body
             try:
                 form = await request.form(max_files=2, max_fields=10, max_part_size=64 * 1024)
             except Exception as exc:
                 raise HTTPError(422, f"malformed multipart body: {type(exc).__name__}") from None
+            _no_unknown_fields(form.keys(), FORM_FIELDS)
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
                 raise HTTPError(422, "multipart field 'image' (a file) is required")
             fields["image"] = await upload.read()
             fields["instruction"] = form.get("instruction")
-            for key in ("format", "preview"):
-                if form.get(key) is not None:
-                    fields[key] = form.get(key)
+            if form.get("format") is not None:
+                fields["format"] = _format(form.get("format"))
+            if form.get("preview") is not None:
+                fields["preview"] = _flag(form.get("preview"))
         elif ctype.startswith("application/json"):
             try:
                 data = json.loads(body)
@@ -248,6 +235,7 @@ class Ingress:
                 raise HTTPError(422, "body is not valid JSON") from None
             if not isinstance(data, dict):
                 raise HTTPError(422, "JSON body must be an object")
+            _no_unknown_fields(data.keys(), JSON_FIELDS)
             if not isinstance(data.get("image_b64"), str):
                 raise HTTPError(422, "JSON field 'image_b64' (base64 string) is required")
             try:
@@ -255,9 +243,12 @@ class Ingress:
             except ValueError:
                 raise HTTPError(422, "image_b64 is not valid base64") from None
             fields["instruction"] = data.get("instruction")
-            for key in ("format", "preview"):
-                if data.get(key) is not None:
-                    fields[key] = data[key]
+            if "format" in data:
+                fields["format"] = _format(data["format"])
+            if "preview" in data:
+                if not isinstance(data["preview"], bool):
+                    raise HTTPError(422, "JSON field 'preview' must be true or false")
+                fields["preview"] = data["preview"]
         else:
             raise HTTPError(415, "send multipart/form-data (fields image, instruction) or application/json")
         if len(fields["image"]) > self.s.max_upload_bytes:
@@ -269,11 +260,10 @@ class Ingress:
         if len(instruction) > self.s.max_instruction_chars:
             raise HTTPError(422, f"instruction longer than {self.s.max_instruction_chars} characters")
         fields["instruction"] = instruction
-        fmt = (fields.get("format") or "json").lower()
-        if fmt not in ("json", "dicom-seg"):
-            raise HTTPError(422, "format must be 'json' or 'dicom-seg'")
-        fields["format"] = fmt
-        fields["preview"] = _truthy(fields.get("preview"))
+        try:
+            fields["reading"] = normalize(instruction)
+        except InstructionError as exc:
+            raise HTTPError(422, str(exc), kind=exc.kind) from None
         return fields
 
     def _decode(self, data: bytes):
@@ -317,7 +307,7 @@ class Ingress:
             return self._error(request, 404, "not found")
         return Response((WEB_DIR / name).read_bytes(), media_type=WEB_FILES[name])
 
-    @fastapi_app.post("/v1/segment", summary="segment the lesion named by an instruction", openapi_extra=_SEGMENT_OPENAPI)
+    @fastapi_app.post("/v1/segment", summary="segment the lesion named by an instruction")
     async def segment(self, request: Request) -> Response:
         t0 = time.perf_counter()
         status = 500
@@ -339,7 +329,7 @@ class Ingress:
         except HTTPError as exc:
             status = exc.status
             log.info("rejected: %d %s", exc.status, exc.message if exc.status != 422 else "unprocessable request")
-            return self._error(request, exc.status, exc.message, exc.headers)
+            return self._error(request, exc.status, exc.message, exc.headers, exc.kind)
         except Exception as exc:
             log.exception("internal error (%s)", type(exc).__name__)
             return self._error(request, 500, "internal error")
@@ -359,7 +349,7 @@ class Ingress:
         t_dec = time.perf_counter()
         try:
             out = await asyncio.wait_for(
-                self.model.segment.remote(decoded.pixels, fields["instruction"]), timeout=self.s.request_timeout_s
+                self.model.segment.remote(decoded.pixels, fields["reading"].canonical), timeout=self.s.request_timeout_s
             )
         except BackPressureError:
             raise HTTPError(503, "model queue full, retry later", {"Retry-After": str(self.s.retry_after_s)}) from None
@@ -368,7 +358,9 @@ class Ingress:
         t_model = time.perf_counter()
         mask = out["mask"]
         self.metrics.batch_size.observe(out["batch_size"])
-        parsed = _parse_structured(fields["instruction"], out["answer"])
+        self.metrics.observe_answer(out.get("answer_agreed"))
+        reading = fields["reading"]
+        parsed = _parse_structured(reading.canonical, out["answer"])
         rid = request.state.request_id
         log.info("answered: kind=%s size=%dx%d batch=%d present=%s", kind, mask.shape[1], mask.shape[0],
                  out["batch_size"], out["present"])
@@ -378,14 +370,22 @@ class Ingress:
                 data = await asyncio.to_thread(codecs.dicom_seg, fields["image"], mask, label=label, model_id=out["model_id"])
             except Exception as exc:
                 raise HTTPError(422, f"cannot build a DICOM Segmentation for this image ({type(exc).__name__})") from None
-            answer_hdr = out["answer"].encode("ascii", "replace").decode("ascii")[:500]
+            def hdr(text: str) -> str:
+                return text.encode("ascii", "replace").decode("ascii")[:500]
+
             return Response(data, media_type="application/dicom", headers={
-                "X-ILS-Answer": answer_hdr, "X-ILS-Present": str(out["present"]).lower(),
+                "X-ILS-Answer": hdr(out["answer"]), "X-ILS-Message": hdr(out.get("message") or ""),
+                "X-ILS-Present": str(out["present"]).lower(),
                 "Content-Disposition": f'attachment; filename="seg-{rid}.dcm"'})
         body = {
             "request_id": rid,
             "instruction": fields["instruction"],
+            "normalized_instruction": reading.canonical,
+            "instruction_reading": reading.as_dict(),
             "answer": out["answer"],
+            "message": out.get("message") or "",
+            "raw_answer": out.get("raw_answer", out["answer"]),
+            "raw_answer_agreed": out.get("answer_agreed"),
             "present": out["present"],
             "confidence": out["confidence"],
             "lesion": parsed.get("lesion"),

@@ -125,9 +125,43 @@ def dicom_seg(source: bytes, mask: np.ndarray, *, label: str, model_id: str) -> 
         device_serial_number="0",
         omit_empty_frames=False,
     )
+    _conform_projection_seg(seg, ds)
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
+
+
+def _zero_spacing(value) -> bool:
+    try:
+        return not value or any(float(v) <= 0 for v in value)
+    except (TypeError, ValueError):
+        return True
+
+
+def _conform_projection_seg(seg, source) -> None:
+    """What dciodvfy asks of a SEG of a projection radiograph (no Frame of Reference).
+
+    General Image: Patient Orientation (Type 2C, required without Image Orientation (Patient))
+    is copied from the source, empty when the source has none. Pixel Spacing is kept only when
+    the source has a positive one: a zero spacing is removed, with its Pixel Measures item when
+    nothing else is left in it.
+    """
+    if "ImageOrientationPatient" not in source:
+        seg.PatientOrientation = list(source.get("PatientOrientation") or [])
+    source_has_spacing = not _zero_spacing(source.get("PixelSpacing"))
+    for groups in (seg.get("SharedFunctionalGroupsSequence") or []), *(
+            [item] for item in (seg.get("PerFrameFunctionalGroupsSequence") or [])):
+        for group in groups:
+            measures = group.get("PixelMeasuresSequence")
+            if not measures:
+                continue
+            for m in measures:
+                if "PixelSpacing" in m and (not source_has_spacing or _zero_spacing(m.PixelSpacing)):
+                    del m.PixelSpacing
+            if all(len(m) == 0 for m in measures):
+                del group.PixelMeasuresSequence
+    if "PixelSpacing" in seg and (not source_has_spacing or _zero_spacing(seg.PixelSpacing)):
+        del seg.PixelSpacing
 
 
 def seg_label(lesion: Optional[str], locations: Optional[list]) -> str:

@@ -29,11 +29,27 @@ class ServiceMetrics:
             "ils_batch_size", "model batch size seen by each answered request", buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.answers = Counter(
+            "ils_answers", "answered requests by whether the raw generation agreed with the presence decision "
+            "(unknown: instruction off-template)", ["raw_agreed"], registry=self.registry,
+        )
+        self.agreement = Gauge(
+            "ils_raw_answer_agreement_ratio", "share of answered requests whose raw generation agreed with the "
+            "presence decision (the served answer always agrees)", registry=self.registry,
+        )
+        self._agreed = {True: 0, False: 0}
         self.inflight = Gauge("ils_inflight_requests", "requests in flight in this ingress", registry=self.registry)
 
     def observe(self, status: int, seconds: float) -> None:
         self.requests.labels(status=str(status)).inc()
         self.latency.observe(seconds)
+
+    def observe_answer(self, agreed: bool | None) -> None:
+        """Count one answer by whether its raw generation agreed; update the agreement ratio."""
+        self.answers.labels(raw_agreed="unknown" if agreed is None else str(bool(agreed)).lower()).inc()
+        if agreed is not None:
+            self._agreed[bool(agreed)] += 1
+            self.agreement.set(self._agreed[True] / (self._agreed[True] + self._agreed[False]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -84,6 +84,9 @@ def result_dict(res: Any, batch_size: int, model_s: float) -> dict:
     return {
         "mask": np.asarray(res.mask, dtype=bool),
         "answer": str(res.answer),
+        "raw_answer": str(getattr(res, "raw_answer", "") or res.answer),
+        "answer_agreed": getattr(res, "agreed", None),
+        "message": str(getattr(res, "message", "") or ""),
         "present": bool(res.present),
         "confidence": float(res.confidence),
         "parsed": dict(res.parsed or {}),

@@ -42,7 +42,7 @@ def test_segmenter_batched_matches_single(setup):
         assert one.answer == many[k].answer and abs(one.confidence - many[k].confidence) < 1e-4
         assert (one.mask == many[k].mask).mean() > 0.99
         assert one.answer.startswith("[SEG]") and 0 <= one.confidence <= 1
-        assert one.present == (one.confidence >= 0.5) and (one.present or not one.mask.any())
+        assert one.present == (one.confidence >= 0.5 and one.mask.any()) and one.present == one.mask.any()
         assert set(one.timings) >= {"generate_s", "mask_s"}
     with pytest.raises(SegmenterError):
         seg.segment([images[0]], [])
@@ -113,7 +113,51 @@ def test_ils_eval_cli(setup, capsys):
     o = rep["overall"]
     assert o["gated"]["n_pos"] == int(ds.presence.sum()) and o["gated"]["n_neg"] == int((~ds.presence).sum())
     assert 0 <= o["ungated"]["gIoU"] <= 1 and o["text_accuracy"] is not None
+    agr = rep["answer_agreement"]
+    assert agr["n"] == len(ds) and 0 <= agr["raw"] <= 1 and agr["decided"] == 1.0
+    para = rep["paraphrase"]  # template and paraphrase scores of the same pairs, side by side
+    assert para["n"] == sum(bool(r["paraphrases"]) for r in ds.rows) > 0
+    assert para["template"]["overall"]["n"] == para["paraphrase"]["overall"]["n"] == para["n"]
     assert set(rep["per_lesion"]) <= {"cardiomegaly", "pneumonia", "atelectasis", "opacity", "consolidation", "edema", "effusion"}
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
-    assert "gIoU" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "gIoU" in printed and "as template / as paraphrase" in printed and "raw generation" in printed
     assert main(["eval", "--checkpoint", str(root / "nope"), "--data", run.root_uri, "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("forced_present", [True, False])
+def test_segmenter_reconciles_a_model_made_to_disagree(setup, monkeypatch, forced_present):
+    """The presence head and the masks are forced one way, the generated text the other way."""
+    cfg, model, ck, run, _ = setup
+    seg = Segmenter(ck, cfg.model, device="cpu", batch_size=4)
+    m = seg.model
+    sign = 1.0 if forced_present else -1.0
+    monkeypatch.setattr(m, "presence_logits", lambda *a, **k: torch.full((a[0].shape[0],), 20.0 * sign))
+    monkeypatch.setattr(m, "upscale", lambda low, sizes, shape: torch.full((1, *shape), sign))
+    contrary = "There is no effusion in the left lung base." if forced_present else ""
+    monkeypatch.setattr(m.tokenizer, "batch_decode", lambda seq, **k: [contrary] * len(seq))
+    instr = "Segment the effusion in the left lung base."
+    r = seg.segment([np.random.default_rng(0).random((64, 64)).astype(np.float32)], [instr])[0]
+    assert r.present is forced_present and bool(r.mask.any()) is forced_present
+    assert r.agreed is False and r.raw_answer == clean_answer(contrary)
+    assert r.answer == ("[SEG]" if forced_present else "[SEG] There is no effusion in the left lung base.")
+    assert r.message == ("Pleural effusion found in the left lung base (confidence 1.00)." if forced_present
+                         else "No pleural effusion found in the left lung base.")
+    assert r.parsed["presence"] is forced_present
+
+
+def test_paraphrased_pairs_sample_paraphrases(setup):
+    from rosalia.paraphrased import ParaphrasedPairs, with_paraphrases
+
+    cfg, model, ck, run, _ = setup
+    ds = PairDataset.from_run(run, None, 64, 64)
+    torch.manual_seed(0)
+    sampled = ParaphrasedPairs(ds, 0.5)
+    asked = [sampled[i]["instruction"] for i in range(len(ds))]
+    para = [i for i, r in enumerate(ds.rows) if asked[i] != r["instruction"]]
+    assert 0 < len(para) < len(ds) and all(asked[i] in ds.rows[i]["paraphrases"] for i in para)
+    assert all(sampled[i]["row"]["instruction"] == ds.rows[i]["instruction"] for i in range(len(ds)))  # scored on the template
+    first = with_paraphrases(ds)
+    assert all(first[i]["instruction"] == first.rows[i]["paraphrases"][0] for i in range(len(first)))
+    with pytest.raises(ValueError):
+        ParaphrasedPairs(ds, 1.5)

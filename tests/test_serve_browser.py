@@ -63,6 +63,7 @@ def test_upload_instruction_answer_and_overlay(service, tmp_path):
             body = resp_info.value.json()
             assert resp_info.value.status == 200, body
             page.wait_for_selector("#canvas[data-drawn='true']", timeout=60_000)
+            assert page.inner_text("#message") == body["message"] and "[SEG]" not in body["message"]
             assert page.inner_text("#answer") == body["answer"] and body["answer"].startswith("[SEG]")
             assert page.inner_text("#status") == "Done."
             size = page.evaluate("() => [document.getElementById('canvas').width, document.getElementById('canvas').height]")

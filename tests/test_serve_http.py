@@ -154,6 +154,11 @@ def test_segment_phantom_png_multipart(client):
     body = r.json()
     assert body["request_id"] == "req-png-1" == r.headers["x-request-id"]
     assert body["answer"].startswith("[SEG]") and isinstance(body["present"], bool)
+    assert body["message"] == ("Pleural effusion found in the left lung base (confidence %.2f)." % body["confidence"]
+                               if body["present"] else "No pleural effusion found in the left lung base.")
+    assert body["normalized_instruction"] == INSTR and body["instruction_reading"]["how"] == "template"
+    assert isinstance(body["raw_answer"], str) and body["raw_answer_agreed"] in (True, False)
+    assert (body["mask_pixels"] > 0) == body["present"]
     assert 0.0 <= body["confidence"] <= 1.0
     assert body["lesion"] == "effusion" and body["locations"] == ["left lung base"] and body["type"] == "basic"
     assert body["mask_size"] == list(study.image.shape)
@@ -192,6 +197,21 @@ def test_dicom_seg_references_upload(client):
     # dicom-seg needs a DICOM upload
     r = client.post("/v1/segment", files={"image": ("p.png", png_bytes(study.image))}, data={"instruction": INSTR, "format": "dicom-seg"})
     assert r.status_code == 422
+
+
+def test_instructions_as_people_type_them(client):
+    img = {"image": ("p.png", png_bytes(phantom(4, size=64).image))}
+    r = client.post("/v1/segment", files=img, data={"instruction": "Is there fluid in the left lower lobe?"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["normalized_instruction"] == "Segment the effusion in the left lung base."
+    assert body["instruction"] == "Is there fluid in the left lower lobe?" and body["instruction_reading"]["how"] == "normalized"
+    assert body["lesion"] == "effusion" and body["locations"] == ["left lung base"] and "[SEG]" not in body["message"]
+    r = client.post("/v1/segment", files=img, data={"instruction": "Segment the nodule in the right lung."})
+    assert r.status_code == 422 and r.json()["kind"] == "unsupported_lesion"
+    assert "nodule" in r.json()["error"] and "effusion" in r.json()["supported_lesions"]
+    r = client.post("/v1/segment", files=img, data={"instruction": "What do you see?"})
+    assert r.status_code == 422 and r.json()["kind"] == "no_lesion" and r.json()["example"].startswith("Segment the")
 
 
 def test_auth_errors(service):
@@ -248,7 +268,56 @@ def test_concurrent_clients_get_their_own_answers(service):
 
     metrics = httpx.get(f"{service.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     assert 'ils_requests_total{status="200"}' in metrics
+    assert "ils_raw_answer_agreement_ratio" in metrics
+    assert 'ils_answers_total{raw_agreed="true"}' in metrics or 'ils_answers_total{raw_agreed="false"}' in metrics
     assert "ils_batch_size_bucket" in metrics and "ils_request_latency_seconds_bucket" in metrics
+
+
+@pytest.fixture(scope="module")
+def api_schema(service):
+    """The served /openapi.json, with real images and instructions as the positive examples.
+
+    The uploads are DICOM (synthetic phantoms): a PNG is valid for the schema but not with
+    format=dicom-seg, a constraint between the content and a field that a schema cannot state."""
+    import schemathesis
+    from hypothesis import strategies as st
+
+    from ils.phantom.dicom import encode
+    from serve.app import suggestions
+
+    images = [encode(phantom(5, size=64)), encode(phantom(6, size=96))]
+    typed = ["Is there fluid in the left lower lobe?", "enlarged heart", "bibasilar atelectasis", "Any pneumonia?"]
+    schemathesis.openapi.format("binary", st.sampled_from(images))
+    schemathesis.openapi.format("byte", st.sampled_from([base64.b64encode(i).decode() for i in images]))
+    schemathesis.openapi.format("ils-instruction", st.sampled_from(suggestions()[:12] + typed))
+    return schemathesis.openapi.from_url(f"{service.url}/openapi.json")
+
+
+def test_openapi_contract_schemathesis(api_schema):
+    """schemathesis against the real HTTP service: every operation, positive and negative data, all checks.
+
+    (Bounded: 8 examples per operation and mode. schemathesis' own pytest plugin is not used: its
+    lazy loader does not run on pytest 9.)"""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    cases: list[str] = []
+    for result in api_schema.get_all_operations():
+        op = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @settings(max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy(generation_mode=mode))
+            def check(case):
+                cases.append(f"{mode.value} {op.method.upper()} {op.path}")
+                case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+
+            try:
+                check()
+            except Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE and op.path != "/v1/segment"  # no parameters to get wrong
+    assert len({c.split(" ", 1)[1] for c in cases}) == 4, sorted(set(cases))  # /v1/segment, /healthz, /readyz, /metrics
+    print(f"schemathesis: {len(cases)} cases, all checks passed")
 
 
 # ---- 3. overload and autoscaling with a slowed-down test double ---------------------------------

@@ -5,6 +5,11 @@ against the phantoms' ground truth) -> train (Ray Train, tiny model) -> eval (ag
 test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth)
 -> serve one real request. Each step is the same subcommand a user would type, with the same
 --config and overrides, so the demo is also a check that the README's commands work.
+
+The terminal shows one progress bar per stage, each stage's summary and a final summary
+(ils.demo_summary); everything else the stages print (our logs, Ray's and Ray Serve's, the
+trainer's metrics) goes to one log file per stage under `<store>/logs/demo/` (ils.console).
+`--verbose` prints it all on the terminal instead.
 """
 
 from __future__ import annotations
@@ -21,10 +26,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser) -> None:
     parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,train,eval,truth-pairs,eval-truth,serve)")
-
-
-def _banner(step: str) -> None:
-    print(f"\n=== ils demo: {step} " + "=" * max(0, 60 - len(step)), flush=True)
+    parser.add_argument("--verbose", action="store_true", help="print every log line on the terminal instead of the log files")
 
 
 def _serve_one_request(cfg, checkpoint_uri: str) -> dict:
@@ -64,7 +66,7 @@ def _serve_one_request(cfg, checkpoint_uri: str) -> dict:
             reply = json.loads(resp.read())
     finally:
         handle.stop()
-    return {"study_id": study["study_id"], "instruction": text, "answer": reply.get("answer"),
+    return {"study_id": study["study_id"], "instruction": text, "answer": reply.get("answer"), "message": reply.get("message"),
             "present": reply.get("present"), "confidence": reply.get("confidence"),
             "mask_pixels": _rle_area(reply.get("mask_rle")), "model_id": reply.get("model_id")}
 
@@ -77,11 +79,17 @@ def _rle_area(rle) -> int | None:
 
 def run(args, cfg) -> int:
     from ils.cli import main as ils_main
+    from ils.console import QuietConsole, tail
+    from ils.demo_summary import Outputs, final_summary, stage_summary
+    from ils.store import Store
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     common = ["--config", args.config, *args.overrides]
     started = time.time()
+    store = Store.from_config(cfg.store)
     run_uri, ckpt, eval_out = cfg.gen.out, cfg.train.out, cfg.eval.out
+    outputs = Outputs(store=store, run=run_uri, checkpoint=ckpt, eval_out=eval_out, truth_eval_out=f"{eval_out}-truth")
+    log_dir = os.path.join(store.root, "logs", "demo") if not store.is_s3 else os.path.join(cfg.ray.local_state_dir, "logs", "demo")
     steps = [
         ("sample", ["sample", "--out", "phantoms"]),
         ("gen", ["gen", "--input", "phantoms/manifest.parquet", "--out", run_uri]),
@@ -90,21 +98,28 @@ def run(args, cfg) -> int:
         ("train", ["train", "--data", run_uri, "--out", ckpt]),
         ("eval", ["eval", "--checkpoint", ckpt, "--data", run_uri, "--out", eval_out]),
         ("truth-pairs", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test", "--split", "test"]),
-        ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", f"{eval_out}-truth", "--split", "test"]),
+        ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", outputs.truth_eval_out, "--split", "test"]),
     ]
-    for name, argv in steps:
-        if name in skip:
-            continue
-        _banner(name)
-        code = ils_main([*argv[:1], *common, *argv[1:]])
-        if code:
-            print(f"ils demo: step {name!r} failed with exit status {code}")
-            return code
-    if "serve" not in skip:
-        _banner("serve")
-        from ils.store import Store
-
-        reply = _serve_one_request(cfg, Store.from_config(cfg.store).uri(ckpt))
-        print(json.dumps(reply, indent=2))
-    print(f"\nils demo: done in {time.time() - started:.0f} s; everything is under {cfg.store.uri}")
+    todo = [s for s in steps if s[0] not in skip] + ([("serve", None)] if "serve" not in skip else [])
+    with QuietConsole(log_dir, enabled=not args.verbose) as console:
+        console.say(f"ils demo: {len(todo)} stages on synthetic phantom data; details in {log_dir}/<stage>.log")
+        for k, (name, argv) in enumerate(todo, 1):
+            label = f"[{k}/{len(todo)}] {name}"
+            code = 1
+            try:
+                with console.stage(label, f"{k:02d}-{name}") as log_path:
+                    if argv is None:
+                        outputs.reply = _serve_one_request(cfg, store.uri(ckpt))
+                        store.write_text("demo/served.json", json.dumps(outputs.reply, indent=2))
+                        code = 0
+                    else:
+                        code = ils_main([*argv[:1], *common, *argv[1:]])
+                    if code:
+                        raise RuntimeError(f"exit status {code}")
+            except Exception as exc:
+                console.say(f"ils demo: stage {name!r} failed ({exc}); the end of {log_path}:\n{tail(log_path)}")
+                return code or 1
+            for line in stage_summary(name, outputs):
+                console.say(f"    {line}")
+        console.say(final_summary(outputs, cfg, args.config, log_dir, time.time() - started))
     return 0

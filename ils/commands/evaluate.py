@@ -36,8 +36,13 @@ def run(args, cfg) -> int:
     split = args.split or cfg.eval.split
     ds = PairDataset.from_run(run_store, None if split == "all" else split, model.spec["image_size"], model.mask_size, limit=args.limit)
     logging.getLogger(__name__).info("scoring %d pairs", len(ds))
+    records: list[dict] = []
     report, examples = evaluate(model, ds, cfg.eval.batch_size, cfg.eval.cleanup_min_component_frac,
-                                generate_text=not args.no_text, max_examples=cfg.eval.max_examples)
+                                generate_text=not args.no_text, max_examples=cfg.eval.max_examples, records_out=records)
+    if cfg.eval.paraphrases:
+        from rosalia.evaluate import add_paraphrase_report
+
+        add_paraphrase_report(report, records, model, ds, cfg.eval.batch_size, cfg.eval.cleanup_min_component_frac, not args.no_text)
     report["checkpoint"] = ck.rstrip("/").rsplit("/", 1)[-1]
     report["split"] = split
     paths = write_report(store, out, report, examples)

@@ -33,6 +33,7 @@ function showDetails(body) {
   dl.innerHTML = "";
   const rows = [
     ["present", String(body.present)],
+    ["instruction read as", body.normalized_instruction || body.instruction],
     ["confidence", body.confidence.toFixed(3)],
     ["lesion", body.lesion || "-"],
     ["locations", (body.locations || []).join(", ") || "-"],
@@ -73,12 +74,13 @@ $("form").addEventListener("submit", async (ev) => {
   const key = $("apikey").value.trim();
   if (key) headers["Authorization"] = "Bearer " + key;
   $("status").className = ""; $("status").textContent = "Segmenting...";
-  $("answer").textContent = ""; $("canvas").dataset.drawn = "false";
+  $("message").textContent = ""; $("answer").textContent = ""; $("canvas").dataset.drawn = "false";
   $("submit").disabled = true;
   try {
     const resp = await fetch("v1/segment", { method: "POST", body: fd, headers });
     const body = await resp.json();
     if (!resp.ok) throw new Error(`${resp.status}: ${body.error || "request failed"}`);
+    $("message").textContent = body.message;
     $("answer").textContent = body.answer;
     showDetails(body);
     await draw(body);

@@ -1,0 +1,130 @@
+"""What `ils demo` tells a person: a short summary per stage and a final summary, read back from
+the files each stage wrote (never from its terminal output)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class Outputs:
+    """Where the demo's stages write (store-relative) and the served reply once there is one."""
+
+    store: Any
+    run: str
+    checkpoint: str
+    eval_out: str
+    truth_eval_out: str
+    reply: Optional[dict] = None
+    notes: dict = field(default_factory=dict)
+
+    def json(self, rel: str) -> Optional[dict]:
+        try:
+            return json.loads(self.store.read_text(rel))
+        except Exception:  # a skipped or failed stage: no figures
+            return None
+
+
+def _pct(v) -> str:
+    return "  -  " if v is None else f"{100 * v:5.1f}"
+
+
+def eval_lines(report: Optional[dict]) -> list[str]:
+    """Overall and per-type gated figures, and the answer agreement, of an `ils eval` report."""
+    if not report:
+        return ["(no report)"]
+    lines = [f"{'pairs':<20}{'n':>6}{'gIoU':>7}{'cIoU':>7}{'N-Acc':>7}{'text':>7}"]
+    rows = [("all", report["overall"])] + [(k, v) for k, v in report.get("per_type", {}).items()]
+    for name, blk in rows:
+        g = blk["gated"]
+        lines.append(f"{name:<20}{blk['n']:>6}{_pct(g['gIoU']):>7}{_pct(g['cIoU']):>7}{_pct(g['N-Acc']):>7}{_pct(blk['text_accuracy']):>7}")
+    agr = report.get("answer_agreement") or {}
+    if agr.get("n"):
+        lines.append(f"answer text agrees with the presence decision: raw generation {_pct(agr['raw']).strip()} %, "
+                     f"served answer {_pct(agr['decided']).strip()} %")
+    para = report.get("paraphrase")
+    if para:
+        t, p = para["template"]["overall"], para["paraphrase"]["overall"]
+        lines.append(f"same {para['n']} pairs asked as paraphrases (raw model): gIoU {_pct(t['gated']['gIoU']).strip()} -> "
+                     f"{_pct(p['gated']['gIoU']).strip()}, N-Acc {_pct(t['gated']['N-Acc']).strip()} -> "
+                     f"{_pct(p['gated']['N-Acc']).strip()}, text {_pct(t['text_accuracy']).strip()} -> {_pct(p['text_accuracy']).strip()}")
+    lines.append("values in %, presence-gated masks")
+    return lines
+
+
+def stage_summary(name: str, out: Outputs) -> list[str]:
+    """A few lines for the terminal after stage `name`."""
+    store = out.store
+    if name == "sample":
+        from ilsgen.manifest import read_manifest
+
+        rows = read_manifest(store, "phantoms/manifest.parquet").to_pylist()
+        splits: dict[str, int] = {}
+        for r in rows:
+            splits[r["split"]] = splits.get(r["split"], 0) + 1
+        return [f"{len(rows)} synthetic phantom studies (" + ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
+                + f") in {store.uri('phantoms')}"]
+    if name == "gen":
+        from ilsgen.summary import format_summary
+
+        summary = out.json(f"{out.run}/summary.json")
+        return format_summary(summary).splitlines() if summary else ["(no summary.json)"]
+    if name == "export":
+        return [f"MIMIC-ILS export in {store.uri(out.run)}"]
+    if name == "gen-eval":
+        from ils.commands.gen_eval import table
+
+        res = out.json(f"{out.run}/quality.json")
+        return table(res).splitlines() if res else ["(no quality.json)"]
+    if name == "train":
+        return [f"model exported to {store.uri(out.checkpoint)}"]
+    if name == "eval":
+        return ["model on ilsgen's test pairs:"] + eval_lines(out.json(f"{out.eval_out}/report.json"))
+    if name == "truth-pairs":
+        return [f"pairs from the phantoms' ground truth in {store.uri('truth-test')}"]
+    if name == "eval-truth":
+        return ["model on the phantoms' ground-truth pairs:"] + eval_lines(out.json(f"{out.truth_eval_out}/report.json"))
+    if name == "serve":
+        r = out.reply or {}
+        return [f"asked: {r.get('instruction')!r}", f"answer: {r.get('message')}  (model format: {r.get('answer')!r})"]
+    return []
+
+
+def _overall(report: Optional[dict]) -> str:
+    if not report:
+        return "not run"
+    g = report["overall"]["gated"]
+    agr = report.get("answer_agreement") or {}
+    return (f"gIoU {_pct(g['gIoU']).strip()} %, cIoU {_pct(g['cIoU']).strip()} %, N-Acc {_pct(g['N-Acc']).strip()} %, "
+            f"text {_pct(report['overall']['text_accuracy']).strip()} %, raw answer agreement {_pct(agr.get('raw')).strip()} %"
+            f" (n={report.get('n_samples')})")
+
+
+def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, seconds: float) -> str:
+    """The demo's last block: what was made and where, the figures, the served answer, next steps."""
+    store = out.store
+    quality = out.json(f"{out.run}/quality.json")
+    lines = ["", "=" * 72, f"ils demo: done in {seconds:.0f} s. Everything is under {store.root_uri}", "made:",
+             f"  synthetic phantom studies   {store.uri('phantoms')}",
+             f"  generated pairs (ilsgen)    {store.uri(out.run)}",
+             f"  model                       {store.uri(out.checkpoint)}",
+             f"  evaluation reports          {store.uri(out.eval_out)}/report.json, {store.uri(out.truth_eval_out)}/report.json",
+             "figures (synthetic phantoms):"]
+    if quality:
+        lines.append(f"  ilsgen vs phantom truth     location accuracy {_pct(quality.get('location_accuracy')).strip()} %, "
+                     f"mask IoU {_pct(quality['mask_iou'].get('mean')).strip()} %")
+    lines += [f"  model, ilsgen test pairs    {_overall(out.json(f'{out.eval_out}/report.json'))}",
+              f"  model, ground-truth pairs   {_overall(out.json(f'{out.truth_eval_out}/report.json'))}",
+              "  real radiographs            none in this run (the demo uses synthetic phantoms only)"]
+    if out.reply:
+        lines.append(f"served answer: {out.reply.get('message')}  [asked: {out.reply.get('instruction')!r}; "
+                     f"reply in {store.uri('demo/served.json')}]")
+    cfg_arg = f" --config {config_path}" if config_path else ""
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
+    lines += [f"web page: run `ils serve{cfg_arg} serve.checkpoint={store.uri(out.checkpoint)}` and open "
+              f"http://{host}:{cfg.serve.port}/",
+              f"logs: {log_dir}/ (one file per stage: Ray, Ray Serve, trainer); Ray's session logs under {cfg.ray.local_state_dir}",
+              "=" * 72]
+    return "\n".join(lines)
