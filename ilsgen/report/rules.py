@@ -116,12 +116,12 @@ class RulesReportBackend:
             for ent, ent_locs in zip(ents, locs):
                 if ent._.is_historical or ent._.is_hypothetical or ent._.is_family:
                     continue
-                normal = ent.label_.startswith("NORMAL:")
-                lesion = ent.label_.split(":", 1)[1] if normal else ent.label_
+                kind, _, lesion = ent.label_.rpartition(":")  # "", NORMAL or TENTATIVE (lexicon.py)
                 if lesion not in LESIONS:
                     continue
-                present = not (normal or ent._.is_negated)
-                certainty = ("tentative" if ent._.is_uncertain else "definite") if present else None
+                present = not (kind == "NORMAL" or ent._.is_negated)
+                tentative = ent._.is_uncertain or kind == "TENTATIVE"
+                certainty = ("tentative" if tentative else "definite") if present else None
                 locations = ["heart"] if lesion == "cardiomegaly" else canonical_locations(
                     l for l in ent_locs if l != "heart")
                 rows.append({"lesion": lesion, "present": present, "certainty": certainty,
