@@ -4,11 +4,13 @@ Mapping (documented choice):
   effusion      pleural effusion(s), effusion(s), pleural fluid, layering fluid, hydrothorax,
                 blunting of the costophrenic angle(s)            (not: pericardial effusion)
   cardiomegaly  cardiomegaly, enlarged cardiac silhouette / heart (size), cardiac enlargement,
-                heart size is enlarged;  "heart size is normal" and alike = cardiomegaly absent.
+                heart size is enlarged / (slightly) large, borderline heart size (a degree, as MeSH
+                "Cardiomegaly/borderline");  "heart size is normal", "within (upper) limits of
+                normal" and alike = cardiomegaly absent.
                 The *cardiomediastinal* silhouette is not the heart alone (CheXpert's "enlarged
                 cardiomediastinum" is a separate label): it names no cardiomegaly finding.
   consolidation consolidation(s), consolidative opacity/process, consolidated, airspace disease
-  pneumonia     pneumonia(s), bronchopneumonia, pneumonic process/infiltrate. "Infection" /
+  pneumonia     pneumonia(s), bronchopneumonia, pneumonitis, pneumonic process/infiltrate. "Infection" /
                 "infectious process" names a presumed cause, not a seen finding: pneumonia, always
                 tentative (TENTATIVE:pneumonia). "Granulomatous infection/disease" is old healed
                 disease and is claimed by IGNORE.
@@ -28,13 +30,15 @@ presumption (present at most tentatively).
 
 from __future__ import annotations
 
-_DEG = r"(?:(?:very |only )?(?:mild(?:ly)?|moderate(?:ly)?|marked(?:ly)?|severe(?:ly)?|slight(?:ly)?|minimal(?:ly)?|substantial(?:ly)?|massive(?:ly)?|borderline|top[- ]normal to|at least|again|still|now|newly) )*"
+_DEG = r"(?:(?:very |only )?(?:mild(?:ly)?|moderate(?:ly)?|marked(?:ly)?|severe(?:ly)?|slight(?:ly)?|minimal(?:ly)?|substantial(?:ly)?|massive(?:ly)?|borderline|top[- ]normal to|at least|again|still|now|newly|persistently|stably|stable|xxxx) )*"
+_BIG = r"(?:enlarged|increased|prominent|large|borderline(?! normal)(?: in size)?)"
 _BE = r"(?:(?:is|are|appears?|remains?|seems?|looks?)(?: to be)? )?(?:(?:likely|probably|possibly|perhaps|questionably) )?"
 
 LESION_PATTERNS: list[tuple[str, str]] = [
     ("cardiomegaly", r"cardiomegaly"),
-    ("cardiomegaly", rf"(?:cardiac|heart) (?:silhouette|size|shadow|contours?) {_BE}{_DEG}(?:enlarged|increased|prominent)"),
-    ("cardiomegaly", rf"(?:the )?heart {_BE}{_DEG}(?:enlarged|increased in size)"),
+    ("cardiomegaly", rf"(?:cardiac|heart) (?:silhouette|size|shadow|contours?) (?:xxxx )?{_BE}{_DEG}{_BIG}"),
+    ("cardiomegaly", rf"(?:the )?heart (?:xxxx )?{_BE}{_DEG}(?:enlarged|increased in size|large|borderline(?! normal) in size)"),
+    ("cardiomegaly", rf"{_DEG}(?:heart|cardiac) enlargement|borderline (?:heart|cardiac) size"),
     ("cardiomegaly", rf"{_DEG}enlarged (?:cardiac silhouette|heart(?: size)?|cardiac (?:size|shadow))"),
     ("cardiomegaly", r"(?:enlargement of the (?:cardiac silhouette|heart)|cardiac enlargement)"),
     ("NORMAL:cardiomegaly", rf"(?:heart|cardiac) (?:size|silhouette)(?: and (?:mediastin\w+|hil\w+)(?: contours?| silhouettes?)?)? {_BE}(?:within normal limits|normal|unremarkable|not enlarged)"),
@@ -49,7 +53,7 @@ LESION_PATTERNS: list[tuple[str, str]] = [
     ("IGNORE", r"pericardial effusions?|pericardial fluid"),
     ("consolidation", r"consolidations?|consolidated|consolidative (?:opacit(?:y|ies)|process(?:es)?|changes?)"),
     ("consolidation", r"air[- ]?space (?:disease|process|consolidation)"),
-    ("pneumonia", r"(?:broncho)?pneumonias?|pneumonic(?: process| infiltrates?)?"),
+    ("pneumonia", r"(?:broncho)?pneumonias?|pneumonitis|pneumonic(?: process| infiltrates?)?"),
     ("TENTATIVE:pneumonia", r"(?:(?:pulmonary|lung|superimposed|acute|developing|underlying) )?(?:infections?|infectious(?: process(?:es)?| etiolog(?:y|ies)| infiltrates?)?)"),
     ("IGNORE", r"(?:(?:old|prior|previous|remote|healed|chronic) )?granulomatous (?:infections?|disease|process|changes?)"),
     ("atelectasis", r"atelecta(?:sis|ses|tic(?: changes?)?)|(?:lobar |segmental |lobe |lung )?collapse|volume loss"),

@@ -69,20 +69,29 @@ def _attach_locations(sentence: str, mentions: list[tuple[int, int]]) -> list[li
     return out
 
 
-#: Lesions that describe an appearance another lesion in the sentence may explain.
+#: Lesions that describe an appearance another lesion may explain.
 _DESCRIPTIVE = ("opacity", "consolidation")
 
 
-def _inherit_locations(ents, locs: list[list[str]]) -> list[list[str]]:
-    """A lesion without its own location takes that of a preceding opacity/consolidation ("left basilar opacity
-    likely reflects atelectasis" -> atelectasis in the left lung base)."""
+def _lesion_of(label: str) -> str:
+    return label.rpartition(":")[2]
+
+
+def _inherit_locations(ents, locs: list[list[str]], before: list[str]) -> list[list[str]]:
+    """A lung lesion without its own location takes that of the nearest preceding lung mention of the
+    sentence ("left basilar opacity likely reflects atelectasis", "left effusion with adjacent
+    atelectasis"), else that of an opacity/consolidation of the previous sentence (`before`:
+    "Opacities in the lingula. The appearance suggests atelectasis.")."""
     out = [list(l) for l in locs]
-    for i in range(1, len(out)):
-        if not out[i] and ents[i].label_ != "cardiomegaly":
-            for j in range(i - 1, -1, -1):
-                if out[j] and ents[j].label_ in _DESCRIPTIVE:
-                    out[i] = list(out[j])
-                    break
+    for i in range(len(out)):
+        if out[i] or _lesion_of(ents[i].label_) == "cardiomegaly":
+            continue
+        for j in range(i - 1, -1, -1):
+            if out[j] and _lesion_of(ents[j].label_) != "cardiomegaly":
+                out[i] = list(out[j])
+                break
+        else:
+            out[i] = list(before)
     return out
 
 
@@ -106,13 +115,17 @@ class RulesReportBackend:
             raise TypeError(f"report must be a string, not {type(report).__name__}")
         nlp = get_nlp()
         rows: list[dict[str, Any]] = []
+        before: list[str] = []  # locations of the previous sentence's opacity/consolidation
         for sent_idx, _section, sentence in numbered_sentences(report):
             with warnings.catch_warnings():  # medspaCy: W036 "matcher has no patterns" on every call
                 warnings.simplefilter("ignore", UserWarning)
                 doc = nlp(sentence)
             ents = [e for e in doc.ents if e.label_ != "IGNORE"]
             spans = [(e.start_char, e.end_char) for e in ents]
-            locs = _inherit_locations(ents, _attach_locations(sentence, spans))
+            locs = _inherit_locations(ents, _attach_locations(sentence, spans), before)
+            before = canonical_locations(l for e, ls in zip(ents, locs) if _lesion_of(e.label_) in _DESCRIPTIVE
+                                         and not e._.is_negated and not e.label_.startswith("NORMAL:")
+                                         for l in ls if l != "heart")
             for ent, ent_locs in zip(ents, locs):
                 if ent._.is_historical or ent._.is_hypothetical or ent._.is_family:
                     continue

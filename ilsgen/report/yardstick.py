@@ -3,7 +3,8 @@
 Report level, per lesion: the parser says "present" when any of its rows for the lesion is present;
 the truth is present when a major MeSH term has the lesion's heading. Mapping (documented choice):
 
-  headline, one to one:  Cardiomegaly -> cardiomegaly, Pleural Effusion -> effusion,
+  headline, one to one:  Cardiomegaly (and Cardiac Shadow/enlarged, the indexers' term for an
+                         "enlarged cardiac silhouette") -> cardiomegaly, Pleural Effusion -> effusion,
                          Pulmonary Atelectasis -> atelectasis, Pulmonary Edema -> edema,
                          Pneumonia -> pneumonia
   secondary:             Opacity, Infiltrate -> opacity; Consolidation, Airspace Disease -> consolidation
@@ -46,6 +47,8 @@ def truth_of(report: IUReport) -> tuple[set[str], dict[str, set[str]]]:
     sides: dict[str, set[str]] = defaultdict(set)
     for heading, *quals in report.tags:
         lesion = PRIMARY.get(heading) or SECONDARY.get(heading)
+        if heading == "Cardiac Shadow" and "enlarged" in (q.lower() for q in quals):
+            lesion = "cardiomegaly"
         if lesion is None:
             continue
         lesions.add(lesion)
