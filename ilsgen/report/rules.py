@@ -71,6 +71,8 @@ def _attach_locations(sentence: str, mentions: list[tuple[int, int]]) -> list[li
 
 #: Lesions that describe an appearance another lesion may explain.
 _DESCRIPTIVE = ("opacity", "consolidation")
+#: Lesions that explain an opacity of the previous sentence ("... The appearance suggests atelectasis.").
+_EXPLAINING = ("atelectasis", "pneumonia", "consolidation")
 
 
 def _lesion_of(label: str) -> str:
@@ -84,15 +86,21 @@ def _inherit_locations(ents, locs: list[list[str]], before: list[str]) -> list[l
     "Opacities in the lingula. The appearance suggests atelectasis.")."""
     out = [list(l) for l in locs]
     for i in range(len(out)):
-        if out[i] or _lesion_of(ents[i].label_) == "cardiomegaly":
+        lesion = _lesion_of(ents[i].label_)
+        if out[i] or lesion == "cardiomegaly" or not _is_present(ents[i]):
             continue
         for j in range(i - 1, -1, -1):
             if out[j] and _lesion_of(ents[j].label_) != "cardiomegaly":
                 out[i] = list(out[j])
                 break
         else:
-            out[i] = list(before)
+            if lesion in _EXPLAINING:
+                out[i] = list(before)
     return out
+
+
+def _is_present(ent) -> bool:
+    return not (ent._.is_negated or ent.label_.startswith("NORMAL:"))
 
 
 class RulesReportBackend:
@@ -124,8 +132,7 @@ class RulesReportBackend:
             spans = [(e.start_char, e.end_char) for e in ents]
             locs = _inherit_locations(ents, _attach_locations(sentence, spans), before)
             before = canonical_locations(l for e, ls in zip(ents, locs) if _lesion_of(e.label_) in _DESCRIPTIVE
-                                         and not e._.is_negated and not e.label_.startswith("NORMAL:")
-                                         for l in ls if l != "heart")
+                                         and _is_present(e) for l in ls if l != "heart")
             for ent, ent_locs in zip(ents, locs):
                 if ent._.is_historical or ent._.is_hypothetical or ent._.is_family:
                     continue
