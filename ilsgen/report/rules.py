@@ -19,6 +19,7 @@ from ils.vocab import LESIONS, canonical_locations
 from ilsgen.report.lexicon import CONTEXT_RULES, LESION_PATTERNS
 from ilsgen.report.locations import find_locations
 from ilsgen.report.sections import numbered_sentences
+from ilsgen.report.types import ReportResult
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,6 @@ class RulesReportBackend:
 
     def structure_ex(self, study_id: str, report: str):
         """Rows and their source, like LLMReportBackend.structure_ex."""
-        from ilsgen.report.llm import ReportResult
-
         return ReportResult(self.structure(study_id, report), self.source)
 
     def stats(self) -> dict[str, int]:
