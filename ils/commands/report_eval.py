@@ -44,11 +44,27 @@ def run(args, cfg) -> int:
         log.warning("scoring the held-out even-numbered IU reports: for independent evaluation only, never tuning")
     stats = LoadStats(args.split)
     reports = load_reports(args.iu, split=args.split, limit=args.limit, stats=stats)
+    llm = cfg.gen.report.backend == "llm"
+    if llm:  # score the model's own answers: no silent fallback to rules; a failed report has no findings
+        cfg.gen.report.llm.fallback_to_rules = False
     backend = make_report_backend(cfg.gen.report)
-    res = score(reports, lambda r: backend.structure_ex(r.report_id, r.text).rows, stats)
+    failed: list[str] = []
+
+    def structure(report):
+        from ilsgen.report.llm import LLMReportError
+
+        try:
+            return backend.structure_ex(report.report_id, report.text).rows
+        except LLMReportError:
+            failed.append(report.report_id)
+            return []
+
+    res = score(reports, structure, stats)
     res["backend"] = cfg.gen.report.backend
-    if res["backend"] == "llm":
-        res["llm"] = {"model": cfg.gen.report.llm.model, "stats": backend.stats()}
+    if llm:
+        res["llm"] = {"base_url": cfg.gen.report.llm.base_url, "model": cfg.gen.report.llm.model,
+                      "failed_reports": len(failed), "failed_report_ids": failed[:20], "stats": backend.stats()}
+        log.info("LLM answers failed for %d of %d reports (scored as no findings)", len(failed), res["reports"])
     print(table(res))
     if args.out:
         from ils.store import Store
