@@ -14,7 +14,7 @@ import pytest
 from ils.errors import UserError
 from ilsgen.report import make_report_backend, prompt
 from ilsgen.report.iu import LoadStats, default_tgz, load_reports
-from ilsgen.report.yardstick import score, truth_of
+from ilsgen.report.yardstick import balanced_subset, score, truth_of
 
 XML = """<?xml version="1.0" encoding="utf-8"?><eCitation><MedlineCitation><Article><Abstract>
 <AbstractText Label="INDICATION">Cough</AbstractText>
@@ -83,6 +83,8 @@ def test_truth_mapping_and_scores(iu_dir):
     assert res["side"] == {"n": 2, "agree": 2, "agreement": 1.0, "parsed_without_side": 0, "disagreements": {}}
     assert res["modes"]["any"]["lesions"]["pneumonia"]["fp"] == 1  # the hedge counts when hedged = present
     assert res["confusions"][0] == {"lesion": "edema", "kind": "fn", "count": 1, "report_ids": ["iu-7"]}
+    assert les["pneumonia"]["f1"] is None and res["macro_over"] == 4  # no truth, no parse: not scored as 0
+    assert [r.number for r in balanced_subset(reports, 2)] == [1, 3]  # one tagged, one without a headline tag
     # a parser that says nothing scores zero: the figures come from the rows
     empty = score(reports, lambda r: [])
     assert empty["macro_f1"] == 0.0 and empty["side"]["n"] == 0

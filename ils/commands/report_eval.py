@@ -23,6 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", choices=("odd", "even"), default="odd",
                         help="odd (development, default) or even (held-out: evaluation only, never tuning)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N reports of the split")
+    parser.add_argument("--balanced", action="store_true",
+                        help="with --limit: half the reports with a headline MeSH tag, half without (in file order); "
+                             "for slow backends, so that a small subset has positives to score")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
 
 
@@ -43,7 +46,13 @@ def run(args, cfg) -> int:
     if args.split == "even":
         log.warning("scoring the held-out even-numbered IU reports: for independent evaluation only, never tuning")
     stats = LoadStats(args.split)
-    reports = load_reports(args.iu, split=args.split, limit=args.limit, stats=stats)
+    if args.balanced and args.limit is None:
+        raise UserError("--balanced needs --limit")
+    reports = load_reports(args.iu, split=args.split, limit=None if args.balanced else args.limit, stats=stats)
+    if args.balanced:
+        from ilsgen.report.yardstick import balanced_subset
+
+        reports = balanced_subset(reports, args.limit)
     llm = cfg.gen.report.backend == "llm"
     if llm:  # score the model's own answers: no silent fallback to rules; a failed report has no findings
         cfg.gen.report.llm.fallback_to_rules = False
@@ -61,6 +70,7 @@ def run(args, cfg) -> int:
 
     res = score(reports, structure, stats)
     res["backend"] = cfg.gen.report.backend
+    res["subset"] = "balanced" if args.balanced else "first" if args.limit else "all"
     if llm:
         res["llm"] = {"base_url": cfg.gen.report.llm.base_url, "model": cfg.gen.report.llm.model,
                       "failed_reports": len(failed), "failed_report_ids": failed[:20], "stats": backend.stats()}
