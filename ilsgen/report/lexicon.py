@@ -69,10 +69,11 @@ LESION_PATTERNS: list[tuple[str, str]] = [
 CONTEXT_RULES: list[tuple[str, str, str, int | None]] = [
     ("resolved", "NEGATED_EXISTENCE", "BACKWARD", 6),
     ("has resolved", "NEGATED_EXISTENCE", "BACKWARD", 6),
-    ("have resolved", "NEGATED_EXISTENCE", "BACKWARD", 6),
     ("resolution of", "NEGATED_EXISTENCE", "FORWARD", 6),
     ("interval resolution of", "NEGATED_EXISTENCE", "FORWARD", 6),
     ("has cleared", "NEGATED_EXISTENCE", "BACKWARD", 6),
+    ("have cleared", "NEGATED_EXISTENCE", "BACKWARD", None),
+    ("have resolved", "NEGATED_EXISTENCE", "BACKWARD", None),
     ("removed", "NEGATED_EXISTENCE", "BACKWARD", 4),
     ("no longer", "NEGATED_EXISTENCE", "BIDIRECTIONAL", 6),
     ("no evidence of", "NEGATED_EXISTENCE", "FORWARD", None),
@@ -124,6 +125,12 @@ CONTEXT_RULES: list[tuple[str, str, str, int | None]] = [
     ("suggests", "POSSIBLE_EXISTENCE", "FORWARD", None),
     ("worrisome for", "POSSIBLE_EXISTENCE", "FORWARD", None),
     ("may be secondary to", "POSSIBLE_EXISTENCE", "FORWARD", None),
+    ("maybe", "POSSIBLE_EXISTENCE", "FORWARD", None),
+    ("may be compatible with", "POSSIBLE_EXISTENCE", "FORWARD", None),
+    ("may be consistent with", "POSSIBLE_EXISTENCE", "FORWARD", None),
+    ("could be compatible with", "POSSIBLE_EXISTENCE", "FORWARD", None),
+    ("could be consistent with", "POSSIBLE_EXISTENCE", "FORWARD", None),
+    ("possibly compatible with", "POSSIBLE_EXISTENCE", "FORWARD", None),
     ("secondary to", "POSSIBLE_EXISTENCE", "FORWARD", None),
     # An alternative ("atelectasis or scarring", "infiltrate versus atelectasis") names each candidate
     # as a described finding: definite unless a hedge above covers it (how MeSH indexers tag it).
