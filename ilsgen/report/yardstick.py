@@ -15,7 +15,7 @@ Hedged rows (certainty "tentative") are counted both ways: `definite` counts onl
 present, `any` counts hedged rows too. The headline is `definite`: MeSH indexers tag what a report
 asserts. Measured on the odd files with the rules backend: of the reports where a lesion is only
 hedged ("may represent", "differential includes", "cannot exclude"), 11 carry the lesion's tag and
-106 do not. A hedge stays in the FINDING row as certainty "tentative" either way.
+109 do not. A hedge stays in the FINDING row as certainty "tentative" either way.
 
 Side agreement: for reports where both say a headline lesion is present and its MeSH terms carry a
 side qualifier (left, right, bilateral; several terms unite), the side of the parser's present
