@@ -13,7 +13,6 @@ are skipped by name and never extracted or parsed; `split="even"` must be asked 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import re
 import tarfile
 import xml.etree.ElementTree as ET
@@ -23,7 +22,6 @@ from pathlib import Path
 
 from ils.errors import UserError
 
-log = logging.getLogger(__name__)
 
 TGZ_NAME = "NLMCXR_reports.tgz"
 SPLITS = ("odd", "even")
