@@ -78,7 +78,7 @@ def _lesion_patterns() -> list[tuple[str, re.Pattern]]:
 
     out = []
     for label, pattern in [*LESION_PATTERNS, *EXTRA_LESION_PATTERNS]:
-        label = label.split(":", 1)[1] if label.startswith("NORMAL:") else label
+        label = label.split(":", 1)[1] if label.startswith(("NORMAL:", "TENTATIVE:")) else label  # a lesion word either way
         out.append((label, re.compile(rf"\b(?:{pattern})\b", re.I)))
     out += [("UNSUPPORTED", re.compile(rf"\b(?:{p})\b", re.I)) for p in UNSUPPORTED_PATTERNS]
     return out

@@ -6,8 +6,8 @@ and GET /v1/models. The model is a Hugging Face folder or a .gguf file (loaded w
 Requests are served one at a time (a lock around generate).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the request model defined inside
+# create_app as a real class, not a string it cannot resolve (the body became a query parameter: 422).
 import logging
 import threading
 import time

@@ -38,10 +38,12 @@ def facts(backend, text: str) -> set[tuple]:
     ("Right lower lobe consolidation.", {("consolidation", True, "definite", ("right lung base",))}),
     ("Airspace disease in the right middle lobe.", {("consolidation", True, "definite", ("right mid zone lung",))}),
     ("Left upper lobe pneumonia.", {("pneumonia", True, "definite", ("left upper zone lung",))}),
-    ("Findings concerning for infection.", {("pneumonia", True, "tentative", ())}),
+    ("Findings concerning for pneumonia.", {("pneumonia", True, "tentative", ())}),
+    ("Acute infectious process in the left lower lobe.", {("pneumonia", True, "tentative", ("left lung base",))}),  # lexicon.py
     ("Bibasilar atelectasis.", {("atelectasis", True, "definite", ("right lung base", "left lung base"))}),
     ("Mild volume loss at the left base.", {("atelectasis", True, "definite", ("left lung base",))}),
-    ("Mild pulmonary vascular congestion.", {("edema", True, "definite", ())}),
+    ("Mild pulmonary vascular congestion.", set()),  # congestion is not edema (lexicon.py)
+    ("Vascular congestion with mild interstitial edema.", {("edema", True, "definite", ())}),
     ("Perihilar interstitial edema.", {("edema", True, "definite", ("right mid zone lung", "left mid zone lung"))}),
     ("Subcutaneous edema in the chest wall.", set()),
     ("Retrocardiac opacity.", {("opacity", True, "definite", ("left lung base",))}),

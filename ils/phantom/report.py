@@ -158,27 +158,35 @@ def positive_sentence(p: Plan, rng: np.random.Generator) -> tuple[str, list[tupl
             s = _pick(rng, {
                 "perihilar": [f"{sev} perihilar edema.", f"Perihilar haziness consistent with {sev} pulmonary edema."],
                 "bilateral": [f"{sev} bilateral interstitial edema.", f"Bilateral perihilar and interstitial opacities consistent with {sev} pulmonary edema."],
-                "": [f"{sev} pulmonary edema.", f"{sev} pulmonary vascular congestion.", f"Pulmonary vascular congestion with {sev} interstitial edema."],
+                "": [f"{sev} pulmonary edema.", f"{sev} interstitial edema.", f"Pulmonary vascular congestion with {sev} interstitial edema."],
             }[loc])
             if "opacities consistent" in s:  # "bilateral" but the words say perihilar: keep the truth honest
                 s = f"{sev} bilateral interstitial edema."
-        return _cap(s), [(p.lesion, p.certainty, p.reported, "edema" if "edema" in s else "vascular congestion")]
+        return _cap(s), [(p.lesion, p.certainty, p.reported, "edema")]
     adj, np_ = p.adj, p.np_
     if p.differential:
-        hedge = (_pick(rng, ["consistent with"]) if not tent else _pick(rng, ["which may represent", "likely", "concerning for", "possibly"]))
-        s = _cap(f"{adj} opacity, {hedge} {noun}.")
+        hedge = (_pick(rng, ["consistent with"]) if not tent else _pick(rng, ["which may represent", "likely", "concerning for", "possibly",
+                                                                                "; differential includes", "; differential diagnosis includes"]))
+        s = _cap(f"{adj} opacity{'' if hedge.startswith(';') else ','} {hedge} {noun}.")
         return s, [("opacity", "definite", p.reported, f"{adj} opacity"), (p.lesion, p.certainty, p.reported, noun)]
     if tent:
-        s = _pick(rng, [f"Possible {adj} {noun}.", f"{noun} in the {np_} cannot be excluded.", f"Likely {adj} {noun}.",
-                        f"Findings in the {np_} may represent {noun}."])
-        return _cap(s), [(p.lesion, p.certainty, p.reported, noun)]
+        forms = [f"Possible {adj} {noun}.", f"{noun} in the {np_} cannot be excluded.", f"Likely {adj} {noun}.",
+                 f"Findings in the {np_} may represent {noun}.", f"Findings in the {np_} are suspicious for {noun}.",
+                 f"Question of {adj} {noun}."]
+        if p.lesion == "pneumonia":  # real reports' hedges for infection ("infection" is tentative pneumonia)
+            forms += [f"Please correlate clinically for {adj} pneumonia.", f"Findings in the {np_} are concerning for infection."]
+        s = _pick(rng, forms)
+        return _cap(s), [(p.lesion, p.certainty, p.reported, "infection" if "infection" in s else noun)]
     size = _pick(rng, ["", "", "small ", "patchy "]) if p.lesion != "atelectasis" else ""
     forms = {
         "consolidation": [f"{size}{adj} airspace consolidation.", f"There is consolidation in the {np_}.",
-                          f"Focal consolidation is seen in the {np_}.", f"Dense {adj} consolidation."],
-        "pneumonia": [f"{adj} pneumonia.", f"Findings in the {np_} are consistent with pneumonia.", f"There is {adj} pneumonia."],
+                          f"Focal consolidation is seen in the {np_}.", f"Dense {adj} consolidation.",
+                          f"Persistent {adj} consolidation."],
+        "pneumonia": [f"{adj} pneumonia.", f"Findings in the {np_} are consistent with pneumonia.", f"There is {adj} pneumonia.",
+                      f"Improved but persistent {adj} pneumonia."],
         "atelectasis": [f"{adj} atelectasis.", f"Subsegmental atelectasis in the {np_}.", f"{adj} plate-like atelectasis.",
-                        f"There is atelectasis at the {np_}."],
+                        f"There is atelectasis at the {np_}.", f"{adj} atelectasis or scarring.",
+                        f"{adj} atelectasis is unchanged."],
         "opacity": [f"{adj} opacity.", f"Patchy opacity in the {np_}.", f"There is an ill-defined opacity in the {np_}.",
                     f"Hazy {adj} opacity.", f"{size}{adj} airspace opacity."],
     }[p.lesion]
@@ -203,11 +211,13 @@ def impression_sentence(p: Plan, rng: np.random.Generator) -> tuple[str, list[tu
 
 #: Negated statements: (sentence, [lesions it negates]); "pneumothorax" is not in the vocabulary.
 NEGATIONS: dict[str, list[str]] = {
-    "effusion": ["No pleural effusion.", "No pleural effusion or pneumothorax.", "There is no pleural effusion."],
+    "effusion": ["No pleural effusion.", "No pleural effusion or pneumothorax.", "There is no pleural effusion.",
+                 "Previously seen pleural effusion has resolved."],
     "consolidation": ["No focal consolidation.", "The lungs are clear without focal consolidation.", "There is no consolidation."],
-    "pneumonia": ["No evidence of pneumonia.", "No radiographic evidence of pneumonia."],
+    "pneumonia": ["No evidence of pneumonia.", "No radiographic evidence of pneumonia.", "Interval resolution of the previously seen pneumonia."],
     "edema": ["No pulmonary edema.", "No evidence of pulmonary edema.", "There is no pulmonary vascular congestion or edema."],
-    "cardiomegaly": ["No cardiomegaly.", "The cardiac silhouette is not enlarged.", "Heart size is normal."],
+    "cardiomegaly": ["No cardiomegaly.", "The cardiac silhouette is not enlarged.", "Heart size is normal.",
+                     "Heart size and pulmonary vascularity are within normal limits.", "Heart size is within normal limits."],
     "opacity": ["No focal opacity.", "No focal airspace opacity."],
     "atelectasis": ["No atelectasis.", "No focal atelectasis."],
 }
@@ -216,6 +226,11 @@ COMBINED: list[tuple[str, tuple[str, ...]]] = [
     ("No pleural effusion, pulmonary edema, or pneumothorax.", ("effusion", "edema")),
     ("There is no focal consolidation or pulmonary edema.", ("consolidation", "edema")),
 ]
+#: Real reports' sentences that name lesion words but report none of them now (no truth mention):
+#: history and old disease, and vascular congestion (not edema, ilsgen/report/lexicon.py).
+DISTRACTORS: list[str] = ["History of pneumonia.", "Old granulomatous disease.",
+                          "Calcified granulomas consistent with prior granulomatous infection.",
+                          "Mild central pulmonary vascular congestion."]
 NEG_PROB = {"effusion": 0.8, "consolidation": 0.55, "edema": 0.35, "cardiomegaly": 0.45, "pneumonia": 0.25, "opacity": 0.2, "atelectasis": 0.1}
 NORMAL_IMPRESSIONS = ["No acute cardiopulmonary process.", "No acute intrathoracic abnormality.", "No acute cardiopulmonary abnormality."]
 INDICATIONS = ["___ with cough.", "___ with shortness of breath.", "___ with fever and cough.", "___ with chest pain.",
@@ -254,6 +269,8 @@ def compose(plans: list[Plan], rng: np.random.Generator) -> Report:
         pleura_lines.append(("No pneumothorax.", []))
     if rng.random() < 0.3:
         other_lines.append(("No acute osseous abnormality.", []))
+    if rng.random() < 0.35:
+        other_lines.append((_pick(rng, DISTRACTORS), []))
     findings = lung_lines + pleura_lines + heart_lines + other_lines
     impression: list[tuple[str, list]] = []
     if plans:

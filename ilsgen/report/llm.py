@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +25,7 @@ from ils.errors import UserError
 from ilsgen.report import prompt
 from ilsgen.report.rules import RulesReportBackend, merge_mentions
 from ilsgen.report.sections import numbered_sentences
+from ilsgen.report.types import ReportResult  # its home; still importable from here
 from ilsgen.report.validate import LLMAnswerError, parse_answer
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,6 @@ class RateLimiter:
             self._next = start + self.interval
         if start > now:
             time.sleep(start - now)
-
-
-@dataclass
-class ReportResult:
-    rows: list[dict[str, Any]]
-    source: str  # llm | llm_fallback | rules
-    error: str | None = None
 
 
 _COUNTERS = ("reports", "requests", "retries", "llm_ok", "fallbacks", "failures", "invalid_records",

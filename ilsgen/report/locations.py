@@ -9,7 +9,9 @@ Mapping (documented choice; CXAS zones are horizontal bands of each lung):
                                                     -> {side} lung base (retrocardiac: left)
   bibasilar / bibasal / both bases                  -> both lung bases
   side words alone ("left effusion", "right lung", "right-sided") -> {side} lung
-  bilateral / both lungs / diffuse / widespread     -> lung
+  bilateral / both lungs / diffuse / widespread     -> lung   ("multifocal" names no side)
+  "right greater/larger/worse than left" and alike  -> lung (both sides)
+  a zone after "and" takes the side before it ("right middle and lower lobes" -> right)
 A zone word without a side means both sides ("at the lung bases", "upper lobes").
 """
 
@@ -20,7 +22,10 @@ import re
 from ils.vocab import canonical_locations, zone_name
 
 _SIDE = r"(?:right|left|bilateral|both|r|l)"
-_SIDES = rf"(?P<sides>{_SIDE}(?:[- ]sided)?(?:\s*(?:and|or|/|,|greater than|more than|>|<)\s*{_SIDE}(?:[- ]sided)?)?)"
+_CMP = r"(?:greater|more|larger|worse|bigger|higher|less|smaller) than"
+_SIDES = rf"(?P<sides>{_SIDE}(?:[- ]sided)?(?:\s*(?:and|or|/|,|{_CMP}|>|<)\s*{_SIDE}(?:[- ]sided)?)?)"
+#: Words allowed between a side and its zone ("right posterior costophrenic angle").
+_BETWEEN = r"(?:(?:posterior|anterior|lateral|medial|inferior|superior|peripheral|central)[\s-]+)?"
 
 #: (regex, zone kind or None, fixed side or None); zone kind None = whole lung.
 _ZONE_WORDS: list[tuple[str, str | None, str | None]] = [
@@ -38,13 +43,13 @@ _ZONE_WORDS: list[tuple[str, str | None, str | None]] = [
 _ABBR_SIDE = {"rul": "right", "rll": "right", "rml": "right", "lul": "left", "lll": "left"}
 
 _ZONE_RE = re.compile(
-    rf"\b(?:{_SIDES}[\s-]+)?(?:(?:lung|lobe)\s+)?(?P<zone>{'|'.join(f'(?:{w})' for w, _, _ in _ZONE_WORDS)})\b"
-    rf"(?:\s+(?P<post>bilaterally|on the (?:right|left)|on both sides))?",
+    rf"\b(?:{_SIDES}[\s-]+{_BETWEEN})?(?:(?:lung|lobe)\s+)?(?P<zone>{'|'.join(f'(?:{w})' for w, _, _ in _ZONE_WORDS)})\b"
+    rf"(?:\s+(?P<post>bilaterally|on the (?:right|left)|on both sides|(?:on the )?(?:right|left) {_CMP} (?:the )?(?:right|left)))?",
     re.I,
 )
 _LUNG_RE = re.compile(
     rf"\b(?:{_SIDES}[\s-]+(?:lungs?|hemithorax|hemithoraces|pleural|sided|side|effusions?|\w+)\b"
-    r"|(?P<both>bilateral(?:ly)?|both lungs|both sides|diffuse(?:ly)?|widespread|multifocal)"
+    r"|(?P<both>bilateral(?:ly)?|both lungs|both sides|diffuse(?:ly)?|widespread)"
     r"|(?P<lungs>the lungs)\b)",
     re.I,
 )
@@ -75,10 +80,17 @@ def _zone_kind(word: str) -> tuple[str, str | None]:
     return "", None
 
 
+#: "right middle and lower lobes", "left upper and lower lobe": the side carries over "and".
+_CARRY = re.compile(r"^\s*(?:and|or|,|/|to)\s*(?:the\s+)?$", re.I)
+#: A side comparison after a phrase ("effusions, right larger than left"): both sides.
+_COMPARE = re.compile(rf"\b(?:on the )?(?:right|left)(?:[- ]sided)? {_CMP} (?:the )?(?:right|left)\b", re.I)
+
+
 def find_locations(text: str) -> list[tuple[int, int, list[str]]]:
     """(start, end, locations) for each location phrase in `text`, in order, non-overlapping."""
     hits: list[tuple[int, int, list[str]]] = []
     taken: list[tuple[int, int]] = []
+    prev_end, prev_sides = -1, set()
     for m in _ZONE_RE.finditer(text):
         kind, fixed = _zone_kind(m.group("zone"))
         sides = _sides(m.group("sides")) | _sides(m.group("post"))
@@ -86,10 +98,17 @@ def find_locations(text: str) -> list[tuple[int, int, list[str]]]:
             sides = {"right", "left"}
         elif fixed:
             sides = {fixed}
+        elif not sides and prev_sides and _CARRY.match(text[prev_end:m.start()]):
+            sides = set(prev_sides)
         elif not sides:
             sides = {"right", "left"}
+        prev_end, prev_sides = m.end(), _sides(m.group("sides")) | _sides(m.group("post"))
         hits.append((m.start(), m.end(), canonical_locations(zone_name(s, kind) for s in sides)))
         taken.append((m.start(), m.end()))
+    for m in _COMPARE.finditer(text):
+        if not any(a < m.end() and m.start() < b for a, b in taken):
+            hits.append((m.start(), m.end(), ["lung"]))
+            taken.append((m.start(), m.end()))
     for m in _LUNG_RE.finditer(text):
         if any(a < m.end() and m.start() < b for a, b in taken):
             continue

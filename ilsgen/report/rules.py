@@ -19,6 +19,7 @@ from ils.vocab import LESIONS, canonical_locations
 from ilsgen.report.lexicon import CONTEXT_RULES, LESION_PATTERNS
 from ilsgen.report.locations import find_locations
 from ilsgen.report.sections import numbered_sentences
+from ilsgen.report.types import ReportResult
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +70,38 @@ def _attach_locations(sentence: str, mentions: list[tuple[int, int]]) -> list[li
     return out
 
 
-#: Lesions that describe an appearance another lesion in the sentence may explain.
+#: Lesions that describe an appearance another lesion may explain.
 _DESCRIPTIVE = ("opacity", "consolidation")
+#: Lesions that explain an opacity of the previous sentence ("... The appearance suggests atelectasis.").
+_EXPLAINING = ("atelectasis", "pneumonia", "consolidation")
 
 
-def _inherit_locations(ents, locs: list[list[str]]) -> list[list[str]]:
-    """A lesion without its own location takes that of a preceding opacity/consolidation ("left basilar opacity
-    likely reflects atelectasis" -> atelectasis in the left lung base)."""
+def _lesion_of(label: str) -> str:
+    return label.rpartition(":")[2]
+
+
+def _inherit_locations(ents, locs: list[list[str]], before: list[str]) -> list[list[str]]:
+    """A lung lesion without its own location takes that of the nearest preceding lung mention of the
+    sentence ("left basilar opacity likely reflects atelectasis", "left effusion with adjacent
+    atelectasis"), else that of an opacity/consolidation of the previous sentence (`before`:
+    "Opacities in the lingula. The appearance suggests atelectasis.")."""
     out = [list(l) for l in locs]
-    for i in range(1, len(out)):
-        if not out[i] and ents[i].label_ != "cardiomegaly":
-            for j in range(i - 1, -1, -1):
-                if out[j] and ents[j].label_ in _DESCRIPTIVE:
-                    out[i] = list(out[j])
-                    break
+    for i in range(len(out)):
+        lesion = _lesion_of(ents[i].label_)
+        if out[i] or lesion == "cardiomegaly" or not _is_present(ents[i]):
+            continue
+        for j in range(i - 1, -1, -1):
+            if out[j] and _lesion_of(ents[j].label_) != "cardiomegaly":
+                out[i] = list(out[j])
+                break
+        else:
+            if lesion in _EXPLAINING:
+                out[i] = list(before)
     return out
+
+
+def _is_present(ent) -> bool:
+    return not (ent._.is_negated or ent.label_.startswith("NORMAL:"))
 
 
 class RulesReportBackend:
@@ -106,22 +124,25 @@ class RulesReportBackend:
             raise TypeError(f"report must be a string, not {type(report).__name__}")
         nlp = get_nlp()
         rows: list[dict[str, Any]] = []
+        before: list[str] = []  # locations of the previous sentence's opacity/consolidation
         for sent_idx, _section, sentence in numbered_sentences(report):
             with warnings.catch_warnings():  # medspaCy: W036 "matcher has no patterns" on every call
                 warnings.simplefilter("ignore", UserWarning)
                 doc = nlp(sentence)
             ents = [e for e in doc.ents if e.label_ != "IGNORE"]
             spans = [(e.start_char, e.end_char) for e in ents]
-            locs = _inherit_locations(ents, _attach_locations(sentence, spans))
+            locs = _inherit_locations(ents, _attach_locations(sentence, spans), before)
+            before = canonical_locations(l for e, ls in zip(ents, locs) if _lesion_of(e.label_) in _DESCRIPTIVE
+                                         and _is_present(e) for l in ls if l != "heart")
             for ent, ent_locs in zip(ents, locs):
                 if ent._.is_historical or ent._.is_hypothetical or ent._.is_family:
                     continue
-                normal = ent.label_.startswith("NORMAL:")
-                lesion = ent.label_.split(":", 1)[1] if normal else ent.label_
+                kind, _, lesion = ent.label_.rpartition(":")  # "", NORMAL or TENTATIVE (lexicon.py)
                 if lesion not in LESIONS:
                     continue
-                present = not (normal or ent._.is_negated)
-                certainty = ("tentative" if ent._.is_uncertain else "definite") if present else None
+                present = not (kind == "NORMAL" or ent._.is_negated)
+                tentative = ent._.is_uncertain or kind == "TENTATIVE"
+                certainty = ("tentative" if tentative else "definite") if present else None
                 locations = ["heart"] if lesion == "cardiomegaly" else canonical_locations(
                     l for l in ent_locs if l != "heart")
                 rows.append({"lesion": lesion, "present": present, "certainty": certainty,
@@ -137,8 +158,6 @@ class RulesReportBackend:
 
     def structure_ex(self, study_id: str, report: str):
         """Rows and their source, like LLMReportBackend.structure_ex."""
-        from ilsgen.report.llm import ReportResult
-
         return ReportResult(self.structure(study_id, report), self.source)
 
     def stats(self) -> dict[str, int]:
