@@ -123,7 +123,7 @@ def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, s
                      f"reply in {store.uri('demo/served.json')}]")
     cfg_arg = f" --config {config_path}" if config_path else ""
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
-    lines += [f"web page: run `ils serve{cfg_arg} serve.checkpoint={store.uri(out.checkpoint)}` and open "
+    lines += [f"web page: run `ils serve{cfg_arg} serve.checkpoint={store.uri(out.checkpoint)} serve.port={cfg.serve.port}` and open "
               f"http://{host}:{cfg.serve.port}/",
               f"logs: {log_dir}/ (one file per stage: Ray, Ray Serve, trainer); Ray's session logs under {cfg.ray.local_state_dir}",
               "=" * 72]
