@@ -22,6 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--phantoms", type=int, default=60, help="train: phantom studies mixed in (default 60)")
     parser.add_argument("--input-size", type=int, default=160, help="train: network input side (default 160)")
     parser.add_argument("--all", action="store_true", help="train: include the held-out fifth of each set")
+    parser.add_argument("--fold", type=int, default=4, choices=range(5), help="train: held-out fifth, position %% 5 == FOLD (default 4)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
 
 
@@ -56,7 +57,7 @@ def _train(args) -> int:
         raise UserError(f"--data must be a realcxr-layout folder, got {args.data!r}")
     cmd = "ils anatomy train " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1 :]) if "train" in sys.argv else ""
     st = TrainSettings(data=str(Path(args.data).resolve()), out=str(args.out or WEIGHTS), steps=args.steps, minutes=args.minutes,
-                       phantoms=args.phantoms, input_size=args.input_size, include_held_out=args.all,
+                       phantoms=args.phantoms, input_size=args.input_size, include_held_out=args.all, fold=args.fold,
                        threads=args.threads, command=cmd)
     meta = train(st)
     print(json.dumps({k: meta[k] for k in ("steps_done", "final_loss", "held_out_dice_input_size", "train_seconds")}))

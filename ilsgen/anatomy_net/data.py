@@ -16,8 +16,9 @@ channels carry no loss):
   consolidation -> `consolidation`; full outlines unknown.
 
 Held-out rule (`held_out`): within each set, in index.csv order, every 5th image (position
-% 5 == 4) is kept out of training, so development-split figures of a trained model can be read
-on images it never saw.
+% 5 == fold; the shipped weights use fold 4) is kept out of training, so development-split
+figures of a trained model can be read on images it never saw; folds 0-4 together give a
+5-fold cross-validation.
 """
 
 from __future__ import annotations
@@ -61,14 +62,13 @@ class RealCase:
     masks: dict[str, np.ndarray]  # structure -> bool (H, W)
     row: dict[str, str]
 
-    @property
-    def held_out(self) -> bool:
-        return held_out(self.position)
+    def held_out(self, fold: int = 4) -> bool:
+        return held_out(self.position, fold)
 
 
-def held_out(position: int) -> bool:
-    """The fixed held-out part of each set: every 5th image in index.csv order."""
-    return position % 5 == 4
+def held_out(position: int, fold: int = 4) -> bool:
+    """The held-out part of each set for `fold`: every 5th image in index.csv order."""
+    return position % 5 == fold
 
 
 def read_index(root: Path) -> list[dict[str, str]]:
@@ -140,10 +140,11 @@ def real_targets(case: RealCase) -> tuple[np.ndarray, np.ndarray]:
         t[c["lung_right_full"]], t[c["lung_left_full"]] = m["lung_right"], m["lung_left"]
         known[[c["lung_right_full"], c["lung_left_full"]]] = 1
     if "cardiomediastinum" in m:
-        lung = m.get("lung", m.get("lung_right", np.zeros((h, w), bool)) | m.get("lung_left", np.zeros((h, w), bool)))
-        t[c["lung_visible"]] = lung & ~m["cardiomediastinum"]
+        if "lung_right" in m and "lung_left" in m:  # one image has only its right lung outlined
+            t[c["lung_visible"]] = (m["lung_right"] | m["lung_left"]) & ~m["cardiomediastinum"]
+            known[c["lung_visible"]] = 1
         t[c["heart"]] = cardiac_part(m["cardiomediastinum"])
-        known[[c["lung_visible"], c["heart"]]] = 1
+        known[c["heart"]] = 1
         # lesions: outlined by the same radiologists; a missing mask means none was outlined
         t[c["opacity"]] = m.get("ground_glass_opacity", np.zeros((h, w), bool))
         t[c["consolidation"]] = m.get("consolidation", np.zeros((h, w), bool))

@@ -3,7 +3,7 @@
     train(TrainSettings) -> dict   # the meta record written into the weights file
 
 Data: the real radiographs of `data` (realcxr layout) minus the held-out fifth of each set
-(`ilsgen.anatomy_net.data.held_out`; `include_held_out` trains on all), plus `phantoms` phantom
+(`ilsgen.anatomy_net.data.held_out`, `fold`; `include_held_out` trains on all), plus `phantoms` phantom
 studies. Batches mix real and phantom images (`phantom_share`). Augmentation: random affine
 (scale, rotation, shift), gamma, contrast and noise. Loss per channel, only where a channel is
 known for the image: binary cross-entropy + soft Dice. Adam with a one-cycle learning rate over
@@ -42,6 +42,7 @@ class TrainSettings:
     threads: int = 2
     seed: int = 0
     include_held_out: bool = False
+    fold: int = 4
     command: str = ""
     channel_weights: dict[str, float] = field(default_factory=lambda: {"opacity": 0.5, "consolidation": 0.5})
 
@@ -97,8 +98,8 @@ def train(st: TrainSettings) -> dict:
     rng = np.random.default_rng(st.seed)
     t0 = time.perf_counter()
     cases = load_real(Path(st.data))
-    train_cases = [c for c in cases if st.include_held_out or not c.held_out]
-    val_cases = [c for c in cases if c.held_out] if not st.include_held_out else []
+    train_cases = [c for c in cases if st.include_held_out or not c.held_out(st.fold)]
+    val_cases = [c for c in cases if c.held_out(st.fold)] if not st.include_held_out else []
     real = real_examples(train_cases, st.input_size)
     val = real_examples(val_cases, st.input_size)
     ph = phantom_examples(st.phantoms, st.input_size) if st.phantoms else []
@@ -154,7 +155,7 @@ def train(st: TrainSettings) -> dict:
         "data": {
             "real": sorted({c.set for c in cases}),
             "real_trained": [[c.set, c.name] for c in train_cases],
-            "held_out_rule": "within each set, index.csv order, position % 5 == 4" if not st.include_held_out else "none (all images trained)",
+            "held_out_rule": f"within each set, index.csv order, position % 5 == {st.fold}" if not st.include_held_out else "none (all images trained)",
             "held_out": [[c.set, c.name] for c in val_cases],
             "phantoms": {"count": len(ph), "seed": 101, "generator": "ils.phantom.sample.generate_study, size 256"},
         },
@@ -162,7 +163,7 @@ def train(st: TrainSettings) -> dict:
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
         "held_out_dice_input_size": val_scores,
         "train_seconds": round(time.perf_counter() - t0, 1),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "machine": f"{platform.machine()} {st.threads} threads",
     }
     save(model, meta, Path(st.out))
