@@ -3,9 +3,9 @@
 The first `gen.anomaly_fit_studies` studies (in manifest order) whose report structures to no
 present finding are decoded, segmented and fitted; the state is saved in the run
 (`state/anomaly_lite.npz`) so a resumed run uses the very same model. With too few normal
-studies the backend falls back to its unfitted method (see ilsgen.stages.anomaly_lite). The
-default `lite` method `net` (ilsgen.stages.anomaly_lite_net) needs no fit: the run records that
-in `state/anomaly_fit.json` instead.
+studies the backend falls back to its unfitted method (see ilsgen.stages.anomaly_lite). What the
+anomaly stage uses (ilsgen.stages.anomaly_lite_net: fitted model and/or the network's lesion
+probability; method `net` needs no fit) is recorded in the run as `state/anomaly_fit.json`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def fit_or_load_anomaly_state(cfg: Config, run: Store, manifest: pa.Table) -> di
     from ilsgen.stages.registry import make_backend
 
     model = make_backend("anomaly", cfg.gen.anomaly, cfg.image.size)
-    if getattr(model, "method", None) == "net":  # the network's lesion probability: nothing to fit
+    if not getattr(model, "uses_fit", True):  # the network's lesion probability: nothing to fit
         run.write_text(FIT_RECORD, json.dumps(model.describe()))
         log.info("anomaly: lite (net) needs no healthy-appearance fit; recorded in %s", FIT_RECORD)
         return None
@@ -68,10 +68,14 @@ def fit_or_load_anomaly_state(cfg: Config, run: Store, manifest: pa.Table) -> di
         except Exception as exc:  # noqa: BLE001 - a bad image is left out of the fit
             log.debug("anomaly fit: skipping %s: %s", row["study_id"], exc)
     if not images:
+        if hasattr(model, "describe"):
+            run.write_text(FIT_RECORD, json.dumps(model.describe()))
         log.warning("anomaly: no report-normal study to fit the healthy model; using the unfitted method")
         return None
     anatomy = make_backend("anatomy", cfg.gen.anatomy, cfg.image.size).segment(images)
     model.fit(images, anatomy)
+    if hasattr(model, "describe"):
+        run.write_text(FIT_RECORD, json.dumps(model.describe()))
     state = model.to_state()
     buf = io.BytesIO()
     np.savez_compressed(buf, **state)
