@@ -167,3 +167,29 @@ def test_real_eval_writes_json_and_figure(tmp_path, capsys):
     les = next(v for k, v in row["lesions"].items() if k != "report")
     assert 0 <= les["iou"] <= 1 and 0 < les["whole_lung_iou"] <= 1
     assert (tmp_path / "real_eval.png").stat().st_size > 10_000
+
+
+def test_anomaly_lite_needs_no_fit_and_auto_adds_a_fitted_model():
+    from ilsgen.stages.anomaly_lite_net import NetAnomaly
+    from ilsgen.stages.registry import make_backend
+
+    anat = _net()
+    sts = [_phantom(s) for s in range(5, 12)]
+    normal = [img for st, img in sts if st.is_normal]
+    sick = next((st, img) for st, img in sts if any(k in st.masks for k in ("opacity", "consolidation", "pneumonia")))
+    bits = anat.segment([sick[1]])
+    auto = make_backend("anomaly", StageConfig(options={"min_fit": 1}), 256)
+    assert isinstance(auto, NetAnomaly) and auto.describe()["map"] == "network lesion probability (no fit)"
+    net_map = NetAnomaly(StageConfig(options={"method": "net"}), 256).anomaly_maps([sick[1]], bits)[0]
+    np.testing.assert_allclose(auto.anomaly_maps([sick[1]], bits)[0], net_map)
+    lung = (bits[0] & np.uint16(region_bit("lung"))) != 0
+    assert net_map.dtype == np.float32 and net_map.max() <= 1 and (net_map[~lung] == 0).all()
+    lesion = np.logical_or.reduce([m for k in ("opacity", "consolidation", "pneumonia") for m in sick[0].masks.get(k, [])])
+    assert net_map[lesion & lung].mean() > 2 * net_map[~lesion & lung].mean()  # the map carries the lesion
+    if normal:
+        auto.fit(normal, anat.segment(normal))
+        assert "max(" in auto.describe()["map"]
+        both = auto.anomaly_maps([sick[1]], bits)[0]
+        assert (both >= net_map - 1e-6).all()
+    with pytest.raises(ValueError, match="method"):
+        NetAnomaly(StageConfig(options={"method": "nope"}), 256)
