@@ -4,7 +4,7 @@ Runs `ils sample` -> `ils gen --engine plain` -> `ils gen-eval` on N phantom stu
 temporary store and writes bench/results/gen_quality.json (the figures, the commands, timings)
 and bench/results/gen_quality.png (per-lesion instance IoU bars with the targets).
 
-Run: python bench/gen_quality.py [--n 200] [--seed 11] [--keep DIR]
+Run: python bench/gen_quality.py [--n 200] [--seed 11] [--keep DIR] [--set gen.KEY=VALUE ...] [--out NAME]
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--keep", help="store folder to use and keep (default: a temporary one)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for `ils gen` (e.g. gen.anomaly.options.method=model); repeatable")
+    ap.add_argument("--out", default="gen_quality", help="results name under bench/results (default gen_quality)")
     args = ap.parse_args()
     tmp = None
     if args.keep:
@@ -70,21 +73,22 @@ def main() -> int:
     store = f"store.uri={root}"
     cmds = {
         "sample": ["ils", "sample", "--n", str(args.n), "--seed", str(args.seed), "--out", f"{root}/phantoms", store],
-        "gen": ["ils", "gen", "--engine", "plain", "--input", f"{root}/phantoms/manifest.parquet", "--out", f"{root}/run", store],
+        "gen": ["ils", "gen", "--engine", "plain", "--input", f"{root}/phantoms/manifest.parquet", "--out", f"{root}/run", store, *args.set],
         "gen-eval": ["ils", "gen-eval", "--run", f"{root}/run", "--truth", f"{root}/phantoms/truth", store],
     }
     seconds = {k: round(sh(c), 1) for k, c in cmds.items()}
     res = json.loads((root / "run" / "quality.json").read_text())
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, "bench/gen_quality.py", "--n", str(args.n), "--seed", str(args.seed)]),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, "bench/gen_quality.py", "--n", str(args.n), "--seed", str(args.seed)]
+                                                + [f"--set={o}" for o in args.set] + ([f"--out={args.out}"] if args.out != "gen_quality" else [])),
         "steps": {k: " ".join(shlex.quote(a) for a in c) for k, c in cmds.items()},
         "seconds": seconds,
         "targets": {"mask_iou_mean": 0.6, "cardiomegaly_iou": 0.8, "negatives_correct": 0.99, "finding_f1": 0.95},
         "quality": res,
     }
-    (RESULTS / "gen_quality.json").write_text(json.dumps(out, indent=2))
-    plot(res, RESULTS / "gen_quality.png")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2))
+    plot(res, RESULTS / f"{args.out}.png")
     print(json.dumps({"mask_iou": res["mask_iou"]["per_lesion"], "mean": res["mask_iou"]["mean"],
                       "negatives": res["negatives"]["correct_fraction"], "f1": res["findings"]["strict"]["f1"]}, indent=1))
     if tmp:

@@ -11,8 +11,13 @@ Intensity pipeline for DICOM: stored values -> Modality LUT (or Rescale Slope/In
 VOI LUT (preferred when present) or Window Center/Width (first window; LINEAR, LINEAR_EXACT,
 SIGMOID) -> [0, 1]; with neither, min-max over the image. PNG/JPEG: 8-bit values / 255;
 16-bit and 32-bit gray are min-max normalised (such files usually carry 10-14 significant bits).
-RGB is converted to luma (ITU-R BT.601). An alpha channel is accepted only when fully opaque;
-any transparency is refused (`UnsupportedImageError`), since what lies under it is undefined.
+RGB is converted to luma (ITU-R BT.601); grayscale saved as RGB is exactly its gray, a colour
+image (coloured marks on a figure) is converted too and logged with its coloured fraction. An
+alpha channel is accepted when fully opaque, or when its transparency only marks borders around
+one opaque rectangle (a reposted figure): those pixels are composited onto black and a log line
+says so. Transparency over the image itself is refused (`UnsupportedImageError`, with the
+fraction), since what lies under it is undefined. JPEG artefacts and burnt-in text are not
+detected: such images are decoded as they are.
 EXIF orientation is applied to PNG/JPEG.
 
 `resize_square` stretches to a square (no letterbox, SPEC section 2), so masks made at that size
@@ -406,14 +411,23 @@ def _pil_to_gray(im, label: str, kind: str) -> tuple[np.ndarray, str, int]:
     elif mode in ("L", "RGB") and "transparency" in im.info:
         im = im.convert("LA" if mode == "L" else "RGBA")
         mode = im.mode
+    alpha = None
     if mode in ("LA", "La", "RGBA", "RGBa", "PA"):
         alpha = np.asarray(im.getchannel("A"))
         if alpha.min() < 255:
-            raise UnsupportedImageError(
-                f"{label}{kind.upper()} has transparent pixels (alpha channel); save it without transparency"
-            )
+            _check_alpha(alpha, label, kind)
+        else:
+            alpha = None
         im = im.convert("L" if mode.startswith("L") else "RGB")
         mode = im.mode
+    gray, photometric, bits = _plain_gray(im, mode, label, kind)
+    if alpha is not None:  # transparent borders only: composite onto black
+        gray = gray * (alpha.astype(np.float64) / 255.0)
+    return gray, photometric, bits
+
+
+def _plain_gray(im, mode: str, label: str, kind: str) -> tuple[np.ndarray, str, int]:
+    """(pixels in [0, 1], photometric, bits) of an image without alpha."""
     if mode == "1":
         return np.asarray(im, dtype=np.float64), "MONOCHROME2", 1
     if mode == "L":
@@ -430,7 +444,51 @@ def _pil_to_gray(im, label: str, kind: str) -> tuple[np.ndarray, str, int]:
         except (ValueError, OSError):
             raise UnsupportedImageError(f"{label}{kind.upper()} colour mode {mode} is not supported") from None
     rgb = np.asarray(im, dtype=np.float64)
+    chroma = rgb.max(axis=2) - rgb.min(axis=2)
+    coloured = float((chroma > COLOUR_CHROMA).mean())
+    if coloured > 0:
+        log.warning("%s%s: colour image converted to gray (luma); %.2f %% of its pixels are coloured "
+                    "(marks or annotations stay in the image)", label, kind.upper(), 100 * coloured)
+    else:
+        log.debug("%s%s: grayscale saved as RGB, converted to gray", label, kind.upper())
     return np.clip(_luma(rgb) / 255.0, 0.0, 1.0), "RGB", 8
+
+
+#: A pixel whose channels differ by more than this (of 255) counts as coloured.
+COLOUR_CHROMA = 24
+#: Transparent pixels allowed inside the opaque area (antialiased edges), fraction of it.
+ALPHA_INSIDE_TOLERANCE = 0.001
+#: The opaque area must cover at least this fraction of the image.
+ALPHA_MIN_OPAQUE = 0.1
+
+
+def _check_alpha(alpha: np.ndarray, label: str, kind: str) -> None:
+    """Accept transparency only as borders around one opaque rectangle; refuse it over the image.
+
+    The opaque area is the bounding box of the fully opaque pixels; inside it (less a 2-pixel
+    rim for antialiased edges) at most ALPHA_INSIDE_TOLERANCE of the pixels may be transparent,
+    and it must cover at least ALPHA_MIN_OPAQUE of the image. What lies under transparency over
+    the anatomy is undefined, so such an image is refused with the measured fraction."""
+    opaque = alpha == 255
+    what = f"{label}{kind.upper()}"
+    if not opaque.any():
+        raise UnsupportedImageError(f"{what} is fully transparent (alpha channel); nothing to read")
+    rows, cols = np.flatnonzero(opaque.any(axis=1)), np.flatnonzero(opaque.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    area = (r1 - r0) * (c1 - c0) / alpha.size
+    if area < ALPHA_MIN_OPAQUE:
+        raise UnsupportedImageError(
+            f"{what} is mostly transparent: the opaque area is {100 * area:.1f} % of the image (alpha channel)"
+        )
+    inner = alpha[r0 + 2 : max(r0 + 2, r1 - 2), c0 + 2 : max(c0 + 2, c1 - 2)]
+    inside = float((inner < 255).mean()) if inner.size else 0.0
+    if inside > ALPHA_INSIDE_TOLERANCE:
+        raise UnsupportedImageError(
+            f"{what} has transparent pixels over the image ({100 * inside:.1f} % of its opaque area; alpha channel): "
+            "what lies under them is undefined; only transparent borders are converted. Save it without transparency"
+        )
+    log.info("%s: transparent borders (%.1f %% of the pixels, outside the opaque %d x %d area) composited onto black",
+             what, 100 * float((alpha < 255).mean()), c1 - c0, r1 - r0)
 
 
 # -- resizing and reading ----------------------------------------------------------------------

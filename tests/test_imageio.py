@@ -280,7 +280,7 @@ def test_png_alpha_opaque_is_accepted_transparent_is_refused():
     rgba = np.full((16, 16, 4), 200, dtype=np.uint8)
     rgba[..., 3] = 255
     np.testing.assert_allclose(decode_image(png_bytes(rgba)).pixels, 200 / 255.0, atol=1e-5)
-    rgba[0, 0, 3] = 0
+    rgba[8, 8, 3] = 0  # over the image (a transparent border is converted: tests/test_image_inputs.py)
     with pytest.raises(UnsupportedImageError, match="transparen"):
         decode_image(png_bytes(rgba), name="alpha.png")
 

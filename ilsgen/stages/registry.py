@@ -19,11 +19,11 @@ from ils.errors import UserError
 #: stage -> backend name -> "module:Class"
 BACKENDS: dict[str, dict[str, str]] = {
     "anatomy": {
-        "lite": "ilsgen.stages.anatomy_lite:LiteAnatomy",
+        "lite": "ilsgen.stages.anatomy_lite_net:NetAnatomy",
         "cxas": "ilsgen.stages.anatomy_cxas:CxasAnatomy",
     },
     "anomaly": {
-        "lite": "ilsgen.stages.anomaly_lite:LiteAnomaly",
+        "lite": "ilsgen.stages.anomaly_lite_net:NetAnomaly",
         "radedit": "ilsgen.stages.anomaly_radedit:RadEditAnomaly",
     },
     "detect": {
