@@ -17,6 +17,7 @@ class Outputs:
     checkpoint: str
     eval_out: str
     truth_eval_out: str
+    real_eval_out: str = "real-eval"
     reply: Optional[dict] = None
     notes: dict = field(default_factory=dict)
 
@@ -54,6 +55,26 @@ def eval_lines(report: Optional[dict]) -> list[str]:
     return lines
 
 
+def real_lines(record: Optional[dict]) -> list[str]:
+    """Per set: lung Dice and lesion-mask IoU next to the whole-lung answer, on the images the
+    shipped anatomy network never saw (`held_out`), else on all."""
+    if not record:
+        return []
+    lines = []
+    for name, entry in record.get("per_set", {}).items():
+        held = (entry.get("held_out") or {}).get("anatomy") or {}
+        group = "held_out" if held.get("n") else "all"
+        blk = entry.get(group) or {}
+        dice = (blk.get("anatomy") or {}).get("lung_dice") or {}
+        parts = [f"lung Dice {dice.get('mean', float('nan')):.3f} (min {dice.get('min', float('nan')):.3f})"] if dice else []
+        for lesion, v in (blk.get("lesions") or {}).items():
+            if v.get("n"):
+                parts.append(f"{lesion} IoU {v['mean_iou']:.3f} vs whole lung {v['whole_lung_mean_iou']:.3f} (n={v['n']})")
+        label = "held out" if group == "held_out" else "all, incl. images the network was trained on"
+        lines.append(f"{name} [{label}, {blk.get('anatomy', {}).get('n', '?')} images]: " + "; ".join(parts))
+    return lines
+
+
 def stage_summary(name: str, out: Outputs) -> list[str]:
     """A few lines for the terminal after stage `name`."""
     store = out.store
@@ -78,6 +99,9 @@ def stage_summary(name: str, out: Outputs) -> list[str]:
 
         res = out.json(f"{out.run}/quality.json")
         return table(res).splitlines() if res else ["(no quality.json)"]
+    if name == "real-eval":
+        return (real_lines(out.json(f"{out.real_eval_out}/real_eval.json")) or ["(no real_eval.json)"]) + [
+            f"JSON and overlays of the worst and best cases in {store.uri(out.real_eval_out)}"]
     if name == "train":
         return [f"model exported to {store.uri(out.checkpoint)}"]
     if name == "eval":
@@ -117,7 +141,13 @@ def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, s
                      f"mask IoU {_pct(quality['mask_iou'].get('mean')).strip()} %")
     lines += [f"  model, ilsgen test pairs    {_overall(out.json(f'{out.eval_out}/report.json'))}",
               f"  model, ground-truth pairs   {_overall(out.json(f'{out.truth_eval_out}/report.json'))}",
-              "  real radiographs            none in this run (the demo uses synthetic phantoms only)"]
+              ]
+    real = real_lines(out.json(f"{out.real_eval_out}/real_eval.json"))
+    if real:
+        lines.append("figures (real radiographs, development split; anatomy + ilsgen lesion masks, not the model):")
+        lines += [f"  {line}" for line in real]
+    else:
+        lines.append(f"  real radiographs            none in this run ({out.notes.get('real-eval', 'real-eval skipped')})")
     if out.reply:
         lines.append(f"served answer: {out.reply.get('message')}  [asked: {out.reply.get('instruction')!r}; "
                      f"reply in {store.uri('demo/served.json')}]")

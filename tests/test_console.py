@@ -53,3 +53,19 @@ def test_demo_eval_summary_shows_agreement_and_paraphrases():
     assert "raw generation 7.2 %, served answer 100.0 %" in lines[3]
     assert "same 3 pairs asked as paraphrases" in lines[4] and "text 75.0 -> 50.0" in lines[4]
     assert eval_lines(None) == ["(no report)"]
+
+
+def test_demo_real_figures_prefer_held_out_images():
+    """The demo's real-image lines use the images the shipped network never saw when there are any."""
+    from ils.demo_summary import real_lines
+
+    anat = lambda n, d: {"n": n, "lung_dice": {"mean": d, "min": d - 0.01, "n": n}}
+    record = {"per_set": {
+        "a": {"all": {"anatomy": anat(5, 0.97), "lesions": {"opacity": {"n": 4, "mean_iou": 0.5, "whole_lung_mean_iou": 0.3}}},
+              "held_out": {"anatomy": anat(2, 0.95), "lesions": {"opacity": {"n": 2, "mean_iou": 0.45, "whole_lung_mean_iou": 0.31}}}},
+        "b": {"all": {"anatomy": anat(3, 0.96)}, "held_out": {"anatomy": {"n": 0}}},
+    }}
+    a, b = real_lines(record)
+    assert a.startswith("a [held out, 2 images]") and "0.950" in a and "opacity IoU 0.450 vs whole lung 0.310 (n=2)" in a
+    assert b.startswith("b [all, incl. images the network was trained on, 3 images]") and "0.960" in b
+    assert real_lines(None) == []

@@ -1,7 +1,8 @@
 """`ils demo`: the embedded main job, end to end on one machine.
 
 sample (synthetic phantom studies) -> gen (Ray Data) -> export (MIMIC-ILS) -> gen-eval (quality
-against the phantoms' ground truth) -> train (Ray Train, tiny model) -> eval (against ilsgen's
+against the phantoms' ground truth) -> real-eval (anatomy and lesion masks on real radiographs with
+expert masks, `--real`, when present) -> train (Ray Train, tiny model) -> eval (against ilsgen's
 test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth)
 -> serve one real request. Each step is the same subcommand a user would type, with the same
 --config and overrides, so the demo is also a check that the README's commands work.
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,train,eval,truth-pairs,eval-truth,serve)")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,real-eval,train,eval,truth-pairs,eval-truth,serve)")
+    parser.add_argument("--real", default="../shared/realcxr",
+                        help="real radiographs with expert masks (realcxr layout) for the real-eval stage; skipped when absent")
     parser.add_argument("--verbose", action="store_true", help="print every log line on the terminal instead of the log files")
 
 
@@ -95,14 +98,19 @@ def run(args, cfg) -> int:
         ("gen", ["gen", "--input", "phantoms/manifest.parquet", "--out", run_uri]),
         ("export", ["export", "--run", run_uri]),
         ("gen-eval", ["gen-eval", "--run", run_uri, "--truth", "phantoms/truth"]),
+        ("real-eval", ["real-eval", "--data", args.real, "--out", store.uri(outputs.real_eval_out)]),
         ("train", ["train", "--data", run_uri, "--out", ckpt]),
         ("eval", ["eval", "--checkpoint", ckpt, "--data", run_uri, "--out", eval_out]),
         ("truth-pairs", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test", "--split", "test"]),
         ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", outputs.truth_eval_out, "--split", "test"]),
     ]
+    if not os.path.isfile(os.path.join(args.real, "index.csv")):
+        skip.add("real-eval")
+        outputs.notes["real-eval"] = f"no real radiographs at {args.real!r} (--real DIR)"
     todo = [s for s in steps if s[0] not in skip] + ([("serve", None)] if "serve" not in skip else [])
     with QuietConsole(log_dir, enabled=not args.verbose) as console:
-        console.say(f"ils demo: {len(todo)} stages on synthetic phantom data; details in {log_dir}/<stage>.log")
+        console.say(f"ils demo: {len(todo)} stages on synthetic phantom data"
+                    + (" (+ real radiographs for real-eval)" if "real-eval" not in skip else "") + f"; details in {log_dir}/<stage>.log")
         for k, (name, argv) in enumerate(todo, 1):
             label = f"[{k}/{len(todo)}] {name}"
             code = 1
