@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -70,7 +71,9 @@ def test_segmenter_encodes_a_repeated_image_once(setup, monkeypatch):
 
 def test_random_segmenter_warns(caplog):
     cfg = load_config(None, ["model.image_size=64", "model.clip_size=32", "model.max_new_tokens=2"])
-    s = Segmenter(None, cfg.model, device="cpu")
+    # at_level on the module's logger: an earlier test (or library) may have raised the root level
+    with caplog.at_level(logging.WARNING, logger="rosalia.segmenter"):
+        s = Segmenter(None, cfg.model, device="cpu")
     assert s.model_id.endswith(":random") and "RANDOMLY" in caplog.text
 
 
