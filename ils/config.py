@@ -70,6 +70,8 @@ class SampleConfig:
     test_fraction: float = 0.2
     out: Optional[str] = None  # output URI; default <store>/phantoms
     workers: int = 0  # > 1: a process pool of this many workers
+    real_base: Optional[str] = None  # realcxr-layout folder of real bases (docs/real_base.md); null = procedural only
+    real_fraction: float = 0.5  # with real_base: share of studies built on a real radiograph
 
 
 @dataclass

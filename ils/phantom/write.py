@@ -18,16 +18,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
 from ils.config import Config
 from ils.phantom.dicom import encode
-from ils.phantom.sample import generate_study
+from ils.phantom.real_sample import make_study
 from ils.schema import FINDING, MASK, STUDY, conform
 from ils.store import Store
 
 log = logging.getLogger(__name__)
+SOURCES = pa.schema([("study_id", pa.string()), ("source", pa.string()), ("base_set", pa.string()), ("base_name", pa.string())])
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -45,18 +47,19 @@ class Summary:
     masks: int
     monochrome1: int
     out: str
+    real_base: int = 0  # studies built on a real radiograph (sample.real_base)
 
     def lines(self) -> list[str]:
         return [
             f"wrote {self.n} synthetic phantom studies to {self.out}",
             f"  normal: {self.normal} ({self.normal / max(self.n, 1):.0%}); splits: {self.splits}; MONOCHROME1: {self.monochrome1}",
             f"  studies per lesion: {self.lesions}; mask instances: {self.masks}",
-        ]
+        ] + ([f"  on real radiographs (sample.real_base): {self.real_base}; bases in truth/sources.parquet"] if self.real_base else [])
 
 
 def write_one(store: Store, seed: int, index: int, cfg: Config) -> tuple[dict, list[dict], list[dict], str]:
     """Generate and write one study; returns (study row, finding rows, mask rows, photometric)."""
-    s = generate_study(seed, index, cfg)
+    s = make_study(seed, index, cfg)  # procedural, or on a real base (sample.real_base)
     image_uri = f"images/{s.study_id}.dcm"
     store.write_bytes(image_uri, encode(s))
     store.write_text(f"reports/{s.study_id}.txt", s.report)
@@ -68,6 +71,8 @@ def write_one(store: Store, seed: int, index: int, cfg: Config) -> tuple[dict, l
             store.write_bytes(f"truth/{by_id[mid]['mask_uri']}", png_bytes(m.astype(np.uint8) * np.uint8(255)))
     row = {"study_id": s.study_id, "subject_id": s.subject_id, "dicom_id": s.dicom_id, "image_uri": image_uri,
            "report": s.report, "split": s.split, "view": "PA"}
+    row["_source"] = {"study_id": s.study_id, "source": s.meta.get("source", "procedural"),
+                      "base_set": s.meta.get("base_set"), "base_name": s.meta.get("base_name")}
     return row, s.findings, s.mask_rows, s.photometric
 
 
@@ -87,10 +92,13 @@ def write_phantoms(store: Store, n: int, seed: int, cfg: Config | None = None, *
     else:
         results = [_work(j) for j in tqdm(jobs, desc="phantoms", disable=not progress)]
     studies = [r[0] for r in results]
+    sources = [s.pop("_source") for s in studies]
     findings = [f for r in results for f in r[1]]
     masks = [m for r in results for m in r[2]]
     store.write_parquet("truth/findings.parquet", conform(findings, FINDING))
     store.write_parquet("truth/masks.parquet", conform(masks, MASK))
+    if any(r["source"] != "procedural" for r in sources):  # which real image each study was built on
+        store.write_parquet("truth/sources.parquet", pa.Table.from_pylist(sources, schema=SOURCES))
     store.write_parquet("manifest.parquet", conform(studies, STUDY))  # last: its presence means done
     lesions: dict[str, int] = {}
     for sid in {f["study_id"] for f in findings if f["present"]}:
@@ -101,6 +109,7 @@ def write_phantoms(store: Store, n: int, seed: int, cfg: Config | None = None, *
         splits[s["split"]] = splits.get(s["split"], 0) + 1
     present_ids = {f["study_id"] for f in findings if f["present"]}
     summary = Summary(n, n - len(present_ids), splits, dict(sorted(lesions.items())), len(masks),
-                      sum(r[3] == "MONOCHROME1" for r in results), store.root_uri)
+                      sum(r[3] == "MONOCHROME1" for r in results), store.root_uri,
+                      sum(r["source"] != "procedural" for r in sources))
     log.info("%s", "; ".join(summary.lines()))
     return summary
