@@ -134,6 +134,33 @@ def apply_heart_warp(a: np.ndarray, hw: HeartWarp, *, order: int) -> np.ndarray:
 # --- anatomy fields from real masks -------------------------------------------------------
 
 
+@dataclass
+class CanonFrame:
+    """Axis-aligned map image (x, y in [0, 1]) -> canonical (X, Y): X = (x - mid) sx, Y = APEX + (y - top) sy."""
+
+    mid: float
+    top: float
+    sx: float
+    sy: float
+
+    def to_image(self, X, Y):
+        return self.mid + X / self.sx, self.top + (Y - CANON_APEX) / self.sy
+
+
+def canon_frame(lung_right: np.ndarray, lung_left: np.ndarray) -> CanonFrame:
+    n = lung_right.shape[0]
+    c = (np.arange(n, dtype=np.float32) + 0.5) / n
+    full = lung_right | lung_left
+    rc, lc = np.nonzero(lung_right.any(axis=0))[0], np.nonzero(lung_left.any(axis=0))[0]
+    rows = np.nonzero(full.any(axis=1))[0]
+    if rc.size == 0 or lc.size == 0 or rows.size == 0:
+        raise ValueError("a base needs both lungs outlined")
+    half = max((c[lc.max()] - c[rc.min()]) / 2, 1e-3)
+    top, bot = float(c[rows.min()]), float(c[rows.max()])
+    return CanonFrame(float((c[rc.max()] + c[lc.min()]) / 2), top, float(CANON_LATERAL / half),
+                      float((CANON_BASE - CANON_APEX) / max(bot - top, 1e-3)))
+
+
 def real_fields(lung_right: np.ndarray, lung_left: np.ndarray, cardiomediastinum: np.ndarray, heart: np.ndarray) -> tuple[Fields, Geometry]:
     """Fields/Geometry on the masks' grid: the real lungs mapped into the phantoms' canonical frame.
 
@@ -148,14 +175,8 @@ def real_fields(lung_right: np.ndarray, lung_left: np.ndarray, cardiomediastinum
     lung = full & ~cardiomediastinum
     c = (np.arange(n, dtype=np.float32) + 0.5) / n
     rc, lc = np.nonzero(lung_right.any(axis=0))[0], np.nonzero(lung_left.any(axis=0))[0]
-    rows = np.nonzero(full.any(axis=1))[0]
-    if rc.size == 0 or lc.size == 0 or rows.size == 0:
-        raise ValueError("a base needs both lungs outlined")
-    mid = (c[rc.max()] + c[lc.min()]) / 2
-    half = max((c[lc.max()] - c[rc.min()]) / 2, 1e-3)
-    top, bot = c[rows.min()], c[rows.max()]
-    sx = CANON_LATERAL / half
-    sy = (CANON_BASE - CANON_APEX) / max(bot - top, 1e-3)
+    cf = canon_frame(lung_right, lung_left)
+    mid, top, sx, sy = cf.mid, cf.top, cf.sx, cf.sy
     xs = (c - mid) * sx
     ys = CANON_APEX + (c - top) * sy
     X = np.broadcast_to(xs[None, :], (n, n)).astype(np.float32)

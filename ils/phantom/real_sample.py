@@ -18,6 +18,7 @@ from ils.config import Config, SampleConfig
 from ils.phantom import composite as C
 from ils.phantom import lesion_stats as S
 from ils.phantom import real_base as RB
+from ils.phantom import transplant as T
 from ils.phantom.anatomy import label_map
 from ils.phantom.report import Plan, Report, choose_words, compose
 from ils.phantom.sample import MIN_AREA_FRAC, PhantomStudy, _instances, _mask_row, _rng, generate_study, plan_lesions, study_id_for
@@ -30,6 +31,7 @@ NO_NEGATIVE = frozenset({"opacity", "consolidation", "pneumonia"})
 CLEAR_LUNGS = ("The lungs are clear.", "Lungs are well expanded and clear.")
 FILL = 0.6  # lesion area / its bounding box (NIH boxes -> mask areas)
 SIZE_FACTOR = (0.6, 2.2)  # limits of the rescale of a procedural lesion shape
+TRANSPLANT_P = 0.6  # opacity / consolidation: share drawn as a real shape from another base
 
 
 @lru_cache(maxsize=8)
@@ -188,14 +190,24 @@ def generate_real_study(seed: int, index: int, cfg: Config, *, base: int | None 
 
     inst_by_plan: list[tuple[Plan, list]] = []
     density = np.zeros((tsize, tsize), np.float32)
+    frame = C.canon_frame(masks["lung_right"], masks["lung_left"])
     for p in plans:
-        try:
-            insts = _instances(p, f, geo, anat, g_rng)
-        except ValueError:  # an empty zone on this base
-            continue
+        insts, moved = [], False
+        if p.lesion in T.DONOR_STRUCT and g_rng.random() < TRANSPLANT_P:  # a real lesion shape from another base
+            for side in p.sides:
+                region = f.lung & ((f.X < 0) if side == "right" else (f.X >= 0))
+                got = T.transplant(root, p.lesion, frame, region, side, str(p.kind), g_rng, exclude=bi)
+                if got is not None:
+                    insts.append(Instance(side, got[0], got[1]))
+            moved = bool(insts)
+        if not insts:
+            try:
+                insts = _instances(p, f, geo, anat, g_rng)
+            except ValueError:  # an empty zone on this base
+                continue
         good = []
         for inst in insts:
-            if inst.density is not None:
+            if inst.density is not None and not moved:
                 region = f.lung & ((f.X < 0) if inst.side == "right" else (f.X >= 0))
                 target = _target_area(p.lesion, g_rng)
                 if target is not None and region.any() and inst.mask.any():
