@@ -141,9 +141,15 @@ def test_kept_real_lesions_in_truth_and_never_negated(fake_realcxr, studies):
     bases = load_bases(str(fake_realcxr))
     with_ggo = [s for s in studies if "ground_glass_opacity" in bases[[b.name for b in bases].index(s.meta["base_name"])].masks]
     assert with_ggo
+    cons_negated = 0
     for s in studies:
         negated = {f["lesion"] for f in s.findings if not f["present"]}
         assert not negated & set(s.meta["kept_lesions"]) and not negated & NO_NEGATIVE
+        base_masks = bases[[b.name for b in bases].index(s.meta["base_name"])].masks
+        if "consolidation" in negated:  # only where the image was outlined (ground-glass) without consolidation
+            assert "ground_glass_opacity" in base_masks and "consolidation" not in base_masks
+            cons_negated += 1
+    assert cons_negated > 0
     for s in with_ggo:
         assert "opacity" in s.meta["kept_lesions"] and "opacity" in s.masks
         bi = [b.name for b in bases].index(s.meta["base_name"])

@@ -26,8 +26,10 @@ from ils.vocab import ATOMIC_REGIONS, ZONE_KINDS, zone_name
 
 log = logging.getLogger(__name__)
 
-#: On a real base (every one shows COVID-19 or another pneumonia) these are never negated.
-NO_NEGATIVE = frozenset({"opacity", "consolidation", "pneumonia"})
+#: On a real base (every one shows COVID-19 or another pneumonia) these are never negated;
+#: consolidation is negated only where the radiologists outlined the image (ground-glass) but
+#: drew no consolidation (`suppressed_negatives`).
+NO_NEGATIVE = frozenset({"opacity", "pneumonia"})
 CLEAR_LUNGS = ("The lungs are clear.", "Lungs are well expanded and clear.")
 FILL = 0.6  # lesion area / its bounding box (NIH boxes -> mask areas)
 SIZE_FACTOR = (0.6, 2.2)  # limits of the rescale of a procedural lesion shape
@@ -97,6 +99,16 @@ def _target_ctr(rng: np.random.Generator) -> float:
 
 
 # --- report -------------------------------------------------------------------------------
+
+
+def suppressed_negatives(base_masks: dict, kept: set[str] | dict, cardio: str) -> set[str]:
+    """Lesion types a study on this base must never negate."""
+    out = set(NO_NEGATIVE) | set(kept)
+    if "ground_glass_opacity" not in base_masks or "consolidation" in base_masks:
+        out.add("consolidation")
+    if cardio != "absent":
+        out.add("cardiomegaly")
+    return out
 
 
 def drop_sentences(rep: Report, suppress: frozenset[str] | set[str]) -> Report:
@@ -238,7 +250,7 @@ def generate_real_study(seed: int, index: int, cfg: Config, *, base: int | None 
     np.clip(image, 0.0, 1.0, out=image)
 
     all_plans = [p for p, _ in inst_by_plan]
-    suppress = set(NO_NEGATIVE) | ({"cardiomegaly"} if cardio == "unsure" else set())
+    suppress = suppressed_negatives(b.masks, kept, cardio)
     report = drop_sentences(compose(all_plans, r_rng), suppress)
     findings, first = [], {}
     for i, m in enumerate(report.mentions):
