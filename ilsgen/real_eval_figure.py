@@ -60,7 +60,7 @@ def figure(record: dict[str, Any], pics: dict, path: str | Path, n: int = 2) -> 
             p = pics[(r["set"], r["image"])]
             pred, truth = p[3][lesion]
             x = r["model"][lesion]
-            tag = "held out" if r["model"].get("held_out") else "all"
+            tag = "held out" if r["model"].get("held_out") else "not held out"
             panels.append((p[0], pred, truth, colour, f"model {lesion} IoU {x['iou']:.2f} (lung {x['whole_lung_iou']:.2f}) "
                                                       f"{'present' if x['present'] else 'absent'} {tag}"))
     cols = 2 * n

@@ -198,3 +198,18 @@ def test_cli_errors(folder, tmp_path, capsys):
     assert main(["real-eval", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--checkpoint", "x", store]) == 2
     assert "no index.csv" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_summary_shows_the_model_held_out_first(folder):
+    from ils.demo_summary import model_lines
+    from ilsgen.real_eval import evaluate
+
+    root, _ = folder
+    record, _ = evaluate(root, load_config(None, []), anatomy=False, segmenter=Stub())
+    lines = model_lines(record)
+    assert [ln.split(" [")[1].split(",")[0] for ln in lines] == ["held out", "held out", "all", "all"]
+    held = record["per_set"]["covid_radiologist"]["held_out"]["model"]
+    assert lines[0].startswith("covid_radiologist [held out, 1 images]")
+    assert f"opacity gIoU {held['opacity']['gIoU']:.3f} (target 0.40" in lines[0]
+    assert "TB not outlined" in lines[1] and "absent when no consolidation outline 0.0 %" in lines[1]  # she4: k even
+    assert model_lines({"per_set": {}}) == [] and model_lines(None) == []
