@@ -144,7 +144,10 @@ def stage_summary(name: str, out: Outputs) -> list[str]:
     if name == "truth-pairs":
         return [f"pairs from the phantoms' ground truth in {store.uri('truth-test')}"]
     if name == "eval-truth":
-        return ["model on the phantoms' ground-truth pairs:"] + eval_lines(out.json(f"{out.truth_eval_out}/report.json"))
+        from ils.label_ceiling import compare_lines
+
+        report = out.json(f"{out.truth_eval_out}/report.json")
+        return ["model on the phantoms' ground-truth pairs:"] + eval_lines(report) + compare_lines((report or {}).get("comparison"))
     if name == "serve":
         r = out.reply or {}
         return [f"asked: {r.get('instruction')!r}", f"answer: {r.get('message')}  (model format: {r.get('answer')!r})"]
@@ -177,6 +180,11 @@ def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, s
     lines += [f"  model, ilsgen test pairs    {_overall(out.json(f'{out.eval_out}/report.json'))}",
               f"  model, ground-truth pairs   {_overall(out.json(f'{out.truth_eval_out}/report.json'))}",
               ]
+    comp = (out.json(f"{out.truth_eval_out}/report.json") or {}).get("comparison") or {}
+    if comp.get("labels_vs_truth"):
+        lab = comp["labels_vs_truth"]
+        lines.append(f"  ilsgen labels, truth pairs  gIoU {_pct(lab['gIoU']).strip()} %, cIoU {_pct(lab['cIoU']).strip()} %, "
+                     f"N-Acc {_pct(lab['N-Acc']).strip()} % (the label ceiling; limits: {comp['limits']})")
     model_real = model_lines(out.json(f"{out.real_model_out}/real_eval.json"))
     if model_real:
         lines.append("figures (real radiographs, development split; the model, 'Segment the opacity.' / 'Segment the consolidation.'):")

@@ -103,7 +103,8 @@ def run(args, cfg) -> int:
         ("train", ["train", "--data", run_uri, "--out", ckpt]),
         ("eval", ["eval", "--checkpoint", ckpt, "--data", run_uri, "--out", eval_out]),
         ("truth-pairs", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test", "--split", "test"]),
-        ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", outputs.truth_eval_out, "--split", "test"]),
+        ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", outputs.truth_eval_out, "--split", "test",
+                        "--label-ceiling", run_uri]),
         ("real-eval-model", ["real-eval", "--data", args.real, "--out", store.uri(outputs.real_model_out), "--checkpoint", ckpt,
                              "--model-only"]),
     ]
