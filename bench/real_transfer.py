@@ -104,7 +104,9 @@ def plot(doc: dict, path: Path) -> None:
                 ax.axhline(ceil[key], ls="--", c=c, lw=0.8, label=f"ilsgen labels vs truth {key}")
     ax.set_ylim(0, 1)
     ax.set_xlabel("step")
-    ax.set_title("synthetic phantoms, test-split truth pairs; dashed: label ceiling", fontsize=8)
+    lim = (doc.get("comparison_last") or {}).get("limits", "")
+    ax.set_title(f"synthetic phantoms ({Path(doc['data']['phantoms']).name}), test-split truth pairs\n"
+                 f"dashed: ilsgen labels vs truth (label ceiling); last step limits: {lim}", fontsize=8)
     ax.legend(fontsize=7)
     fig.suptitle(doc["title"], fontsize=9)
     fig.tight_layout()
@@ -154,6 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_train:
         _, train_s = run(train_cmd, tmp / "train.log")
         commands["train"] = " ".join(train_cmd[1:])
+    elif (out / f"{args.name}.json").is_file():  # rescoring: keep the record of how the snapshots were made
+        prev = json.loads((out / f"{args.name}.json").read_text())
+        commands = {**prev.get("commands", {}), "rescored_with": " ".join(sys.argv)}
+        train_s = prev.get("train_seconds_wall")
     snaps = snapshots(store_root / f"{args.ckpt}-snapshots")
     if not snaps:
         raise SystemExit(f"no snapshot in {store_root / (args.ckpt + '-snapshots')} (train.keep_snapshots)")
@@ -177,7 +183,11 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("step %d: real %s; truth gIoU %s", step, points[-1]["real"], points[-1]["truth"]["overall"]["gated"]["gIoU"])
     commands["per_snapshot"] = [" ".join(rcmd[1:]).replace(str(snaps[-1][1]), "SNAP").replace(f"step_{snaps[-1][0]:08d}", "step_N"),
                                 " ".join(ecmd[1:]).replace(str(snaps[-1][1]), "SNAP").replace(f"step_{snaps[-1][0]:08d}", "step_N")]
+    from ils.label_ceiling import compare
     from ilsgen.real_eval_model import TARGETS
+
+    for p in points:  # model vs truth next to ilsgen labels vs truth, at every step
+        p["comparison"] = compare(p["truth"], ceiling, dataset=str(phantoms))
 
     doc = {
         "title": f"ROSALIA transfer to real radiographs along training ({args.name})",
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak": {k: peak(points, k) for k in ("opacity_gIoU", "consolidation_gIoU", "consolidation_absence")},
         "label_ceiling": {"what": "ilsgen's own masks scored as predictions against the truth pairs (test split)", **ceiling}
         if ceiling else None,
+        "comparison_last": points[-1]["comparison"],
         "points": points,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_end": os.getloadavg(),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
