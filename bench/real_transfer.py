@@ -77,7 +77,8 @@ def plot(doc: dict, path: Path) -> None:
     covid = [p["real"].get("covid_radiologist", {}) for p in pts]
     for key, c, label in (("opacity_gIoU", "C1", "opacity gIoU (vs ground-glass masks)"),
                           ("consolidation_gIoU", "C3", "consolidation gIoU"),
-                          ("consolidation_absence", "C2", "consolidation absent when not outlined")):
+                          ("consolidation_absence", "C2", "consolidation absent when not outlined"),
+                          ("consolidation_present_when_outlined", "C4", "consolidation present when outlined")):
         ax.plot(steps, [x.get(key) if x.get(key) is not None else float("nan") for x in covid], "o-", c=c, label=label)
     for key, c in (("opacity_whole_lung_gIoU", "C1"), ("consolidation_whole_lung_gIoU", "C3")):
         ax.plot(steps, [x.get(key) if x.get(key) is not None else float("nan") for x in covid], "--", c=c, lw=0.8)
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-train", action="store_true", help="score the snapshots already in <ckpt>-snapshots")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--label", default="", help="what this run is (e.g. 'SMOKE RUN: mechanics only'), in the JSON and the plot title")
     ap.add_argument("overrides", nargs="*", help="config overrides for `ils train` (e.g. train.max_steps=40)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
         p["comparison"] = compare(p["truth"], ceiling, dataset=str(phantoms))
 
     doc = {
-        "title": f"ROSALIA transfer to real radiographs along training ({args.name})",
+        "title": f"ROSALIA transfer to real radiographs along training ({args.name})" + (f": {args.label}" if args.label else ""),
+        "label": args.label or None,
         "what": "every train.keep_snapshots model scored on real radiographs (ils real-eval --model-only; 'real' = "
                 "held-out images, position % 5 == 4 per set, never training bases; 'real_all' = every image, optimistic) "
                 "and on the phantom ground-truth pairs of the test split (ils eval, gated, no paraphrases). Real figures "
