@@ -8,8 +8,10 @@ Steps (each command is recorded in the JSON):
    from the phantoms' ground truth (`ils truth-pairs`, `ils.phantom.truth_pairs`), written as a
    run folder; then `ils eval` on it. These are the
    numbers "against phantom ground truth".
-4. The label ceiling (`label_ceiling`): ilsgen's own masks scored against the same truth pairs,
-   the most a model that imitates its training labels can reach.
+4. The label ceiling (`ils.label_ceiling`): ilsgen's own masks scored against the same truth
+   pairs, the most a model that imitates its training labels can reach; `comparison` puts
+   "model vs truth" next to "ilsgen labels vs truth" (gIoU, cIoU, N-Acc) and says which limits.
+   Any sample folder with `truth/` works (`--phantoms DIR`; every source writes that layout).
 Writes bench/results/learning.json and bench/results/learning.png.
 
     python bench/learning_curve.py --store /tmp/learn --make-data 2000 5     # sample + gen + train + eval
@@ -44,52 +46,10 @@ def build_truth_run(phantoms_uri: str, out_uri: str, split: str | None = "test",
 
 
 def label_ceiling(truth_uri: str, gen_uri: str) -> dict:
-    """How well ilsgen's own masks answer the truth pairs: the score of a model that imitated
-    its training labels perfectly (an upper bound for a model trained on them).
+    """ilsgen's own masks scored against the truth pairs (`ils.label_ceiling.label_ceiling`)."""
+    from ils.label_ceiling import label_ceiling as ceiling
 
-    For every truth pair the "prediction" is the union of the ilsgen masks of the pair's lesion
-    in that study whose grounded locations meet the pair's locations (every mask of the lesion
-    for a global pair); positives give gIoU/cIoU, negatives N-Acc (no such mask = correct)."""
-    import numpy as np
-
-    from ils.store import Store
-    from ilsgen.verify import expand
-    from rosalia.metrics import inter_union, summarize
-
-    truth, gen = Store(truth_uri), Store(gen_uri)
-    pairs = truth.read_parquet("pairs").to_pylist()
-    by_study: dict[tuple[str, str], list[dict]] = {}
-    for m in gen.read_parquet("mask_index").to_pylist():
-        by_study.setdefault((m["study_id"], m["lesion"]), []).append(m)
-    cache: dict[str, np.ndarray] = {}  # a mask answers several pairs (basic, inference, global)
-
-    def gen_mask(uri: str) -> np.ndarray:
-        if uri not in cache:
-            cache[uri] = gen.read_png(uri) > 127
-        return cache[uri]
-
-    records = []
-    for p in pairs:
-        want = None if p["type"] == "global" else expand(p["locations"] or ["lung"])
-        chosen = [m for m in by_study.get((p["study_id"], p["lesion"]), [])
-                  if want is None or want & expand(m["grounded_locations"] or [])]
-        rec = {"presence": bool(p["presence"] and p["seg"]), "target": p["target"], "type": p["type"]}
-        if rec["presence"]:
-            target = truth.read_png(p["seg_mask_path"]) > 127
-            pred = np.zeros_like(target)
-            for m in chosen:
-                arr = gen_mask(m["mask_uri"])
-                if arr.shape != pred.shape:
-                    raise SystemExit(f"{m['mask_uri']}: mask {arr.shape} vs truth {pred.shape}; use the same image.size")
-                pred |= arr
-            rec["labels_inter"], rec["labels_union"] = inter_union(pred, target)
-        else:
-            rec["labels_empty"] = not chosen
-        records.append(rec)
-    out = {"overall": summarize(records, "labels"), "per_lesion": {}}
-    for lesion in sorted({r["target"] for r in records}):
-        out["per_lesion"][lesion] = summarize([r for r in records if r["target"] == lesion], "labels")
-    return out
+    return ceiling(truth_uri, gen_uri)
 
 
 def _count_studies(phantoms: str) -> int:
@@ -132,7 +92,7 @@ def overall(report: dict) -> dict:
             "per_type": {k: blk(v) for k, v in report["per_type"].items()}}
 
 
-def plot(curve: list[dict], results: dict, path: Path, ceiling: dict | None = None) -> None:
+def plot(curve: list[dict], results: dict, path: Path, ceiling: dict | None = None, comparison: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,11 +118,12 @@ def plot(curve: list[dict], results: dict, path: Path, ceiling: dict | None = No
             continue
         for mode in ("gated", "ungated"):
             o = rep["overall"][mode]
-            names += [f"{target}\n{mode}\ngIoU", f"{target}\n{mode}\ncIoU", f"{target}\n{mode}\nN-Acc"]
+            who = "model vs\nilsgen" if target == "ilsgen" else "model vs\ntruth"
+            names += [f"{who}\n{mode}\ngIoU", f"{who}\n{mode}\ncIoU", f"{who}\n{mode}\nN-Acc"]
             vals += [o["gIoU"] or 0, o["cIoU"] or 0, o["N-Acc"] or 0]
     if ceiling:  # ilsgen's own masks against truth: what imitating the labels perfectly gives
         o = ceiling["overall"]
-        names += ["label\nceiling\ngIoU", "label\nceiling\ncIoU", "label\nceiling\nN-Acc"]
+        names += ["ilsgen labels\nvs truth\ngIoU", "ilsgen labels\nvs truth\ncIoU", "ilsgen labels\nvs truth\nN-Acc"]
         vals += [o["gIoU"] or 0, o["cIoU"] or 0, o["N-Acc"] or 0]
     axes[1].bar(range(len(vals)), vals, color=["C0", "C1", "C2"] * (len(vals) // 3))
     axes[1].set_xticks(range(len(vals)), names, fontsize=6)
@@ -170,7 +131,10 @@ def plot(curve: list[dict], results: dict, path: Path, ceiling: dict | None = No
     axes[1].axhline(0.85, ls=":", c="C1")
     axes[1].axhline(0.8, ls=":", c="C2")
     axes[1].set_ylim(0, 1)
-    axes[1].set_title("test split: gIoU / cIoU / N-Acc (targets dotted)")
+    title = "test split: gIoU / cIoU / N-Acc (targets dotted)"
+    if comparison:
+        title += f"\n{Path(comparison['dataset']).name}: limits {comparison['limits']}"
+    axes[1].set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -195,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     if args.plot_only:
         doc = json.loads((out / "learning.json").read_text())
-        plot(doc["curve"], doc["results"], out / "learning.png", doc.get("label_ceiling"))
+        plot(doc["curve"], doc["results"], out / "learning.png", doc.get("label_ceiling"), doc.get("comparison"))
         return doc
     tmp = out / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -236,9 +200,13 @@ def main(argv: list[str] | None = None) -> dict:
                            "cleanup": report.get("cleanup")}
         commands[f"eval_{target}"] = " ".join(cmd[1:])
     data_run = Path(args.store) / args.data
+    comparison = None
     if (data_run / "mask_index").exists():
+        from ils.label_ceiling import compare
+
         ceiling = label_ceiling(truth_run, str(data_run))
         log.info("label ceiling (ilsgen masks scored against the truth pairs): %s", ceiling["overall"])
+        comparison = compare(results["truth"], ceiling, dataset=str(Path(phantoms).resolve()))
     else:  # e.g. trained on `ils truth-pairs --split all` (a diagnostic): no ilsgen masks to score
         ceiling = None
         log.info("no ilsgen masks (mask_index) in %s: label ceiling skipped", data_run)
@@ -260,11 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
         "label_ceiling": {"what": "ilsgen's own masks scored as predictions against the truth pairs (test split): "
                                   "what a model that imitated its training labels perfectly would reach",
                           **ceiling} if ceiling else None,
+        "comparison": comparison,
         "curve": curve,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_end": os.getloadavg()},
     }
     (out / "learning.json").write_text(json.dumps(doc, indent=1, default=str))
-    plot(curve, results, out / "learning.png", ceiling)
+    plot(curve, results, out / "learning.png", ceiling, comparison)
     log.info("wrote %s and %s", out / "learning.json", out / "learning.png")
     return doc
 

@@ -220,6 +220,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | bf16 | fp32
     zero_stage: int = 2  # DeepSpeed ZeRO stage when train.deepspeed
     num_to_keep: int = 2  # checkpoints kept by validation gIoU (the latest is always kept)
+    keep_snapshots: int = 0  # every N steps (and at the end) rank 0 exports the model to <out>-snapshots/step_NNNNNNNN; 0: off
     max_failures: int = 0  # Ray Train worker-group restarts before the run fails
     val_max_batches: int = 8  # validation batches per evaluation (0: the whole split)
     log_every: int = 10

@@ -18,6 +18,7 @@ class Outputs:
     eval_out: str
     truth_eval_out: str
     real_eval_out: str = "real-eval"
+    real_model_out: str = "real-eval-model"
     reply: Optional[dict] = None
     notes: dict = field(default_factory=dict)
 
@@ -75,6 +76,37 @@ def real_lines(record: Optional[dict]) -> list[str]:
     return lines
 
 
+#: issue 14's targets on the development split (ilsgen.real_eval_model.TARGETS, kept import-free here)
+MODEL_TARGETS = {"opacity": 0.40, "consolidation": 0.35, "absence": 0.8}
+
+
+def model_lines(record: Optional[dict]) -> list[str]:
+    """The model's real-image figures (`ils real-eval --checkpoint`): per set, held-out images
+    first, then all images (optimistic), next to the whole-lung answer and issue 14's targets."""
+    if not record or "model" not in record:
+        return []
+    lines = []
+    for group, label in (("held_out", "held out"), ("all", "all, incl. possible training bases")):
+        for name, entry in record.get("per_set", {}).items():
+            m = (entry.get(group) or {}).get("model")
+            if not m or not m.get("n"):
+                continue
+            parts = []
+            for lesion in ("opacity", "consolidation"):
+                b = m.get(lesion) or {}
+                if b.get("gIoU") is not None:
+                    parts.append(f"{lesion} gIoU {b['gIoU']:.3f} (target {MODEL_TARGETS[lesion]:.2f}; whole lung "
+                                 f"{b['whole_lung_gIoU']:.3f}; said present on {_pct(b['present_when_outlined']).strip()} % "
+                                 f"of {b['n_outlined']} outlined)")
+            c = m.get("consolidation") or {}
+            if c.get("absent_when_not_outlined") is not None:
+                parts.append(f"absent when no consolidation outline {_pct(c['absent_when_not_outlined']).strip()} % "
+                             f"(target {100 * MODEL_TARGETS['absence']:.0f} %, n={c['n_not_outlined']})")
+            note = " [TB not outlined: not a specificity]" if entry.get("model_note") else ""
+            lines.append(f"{name} [{label}, {m['n']} images]: " + "; ".join(parts) + note)
+    return lines
+
+
 def stage_summary(name: str, out: Outputs) -> list[str]:
     """A few lines for the terminal after stage `name`."""
     store = out.store
@@ -102,6 +134,9 @@ def stage_summary(name: str, out: Outputs) -> list[str]:
     if name == "real-eval":
         return (real_lines(out.json(f"{out.real_eval_out}/real_eval.json")) or ["(no real_eval.json)"]) + [
             f"JSON and overlays of the worst and best cases in {store.uri(out.real_eval_out)}"]
+    if name == "real-eval-model":
+        return (model_lines(out.json(f"{out.real_model_out}/real_eval.json")) or ["(no real_eval.json)"]) + [
+            f"JSON and the model's worst and best masks in {store.uri(out.real_model_out)}"]
     if name == "train":
         return [f"model exported to {store.uri(out.checkpoint)}"]
     if name == "eval":
@@ -109,7 +144,10 @@ def stage_summary(name: str, out: Outputs) -> list[str]:
     if name == "truth-pairs":
         return [f"pairs from the phantoms' ground truth in {store.uri('truth-test')}"]
     if name == "eval-truth":
-        return ["model on the phantoms' ground-truth pairs:"] + eval_lines(out.json(f"{out.truth_eval_out}/report.json"))
+        from ils.label_ceiling import compare_lines
+
+        report = out.json(f"{out.truth_eval_out}/report.json")
+        return ["model on the phantoms' ground-truth pairs:"] + eval_lines(report) + compare_lines((report or {}).get("comparison"))
     if name == "serve":
         r = out.reply or {}
         return [f"asked: {r.get('instruction')!r}", f"answer: {r.get('message')}  (model format: {r.get('answer')!r})"]
@@ -142,6 +180,15 @@ def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, s
     lines += [f"  model, ilsgen test pairs    {_overall(out.json(f'{out.eval_out}/report.json'))}",
               f"  model, ground-truth pairs   {_overall(out.json(f'{out.truth_eval_out}/report.json'))}",
               ]
+    comp = (out.json(f"{out.truth_eval_out}/report.json") or {}).get("comparison") or {}
+    if comp.get("labels_vs_truth"):
+        lab = comp["labels_vs_truth"]
+        lines.append(f"  ilsgen labels, truth pairs  gIoU {_pct(lab['gIoU']).strip()} %, cIoU {_pct(lab['cIoU']).strip()} %, "
+                     f"N-Acc {_pct(lab['N-Acc']).strip()} % (the label ceiling; limits: {comp['limits']})")
+    model_real = model_lines(out.json(f"{out.real_model_out}/real_eval.json"))
+    if model_real:
+        lines.append("figures (real radiographs, development split; the model, 'Segment the opacity.' / 'Segment the consolidation.'):")
+        lines += [f"  {line}" for line in model_real]
     real = real_lines(out.json(f"{out.real_eval_out}/real_eval.json"))
     if real:
         lines.append("figures (real radiographs, development split; anatomy + ilsgen lesion masks, not the model):")

@@ -1,6 +1,11 @@
-"""`ils real-eval`: anatomy and the pipeline's lesion masks scored on real radiographs.
+"""`ils real-eval`: anatomy, the pipeline's lesion masks and (optionally) a ROSALIA checkpoint
+scored on real radiographs.
 
-    evaluate(data_dir, cfg, sets=None, limit=None, lesions=True) -> dict (the JSON record)
+    evaluate(data_dir, cfg, sets=None, limit=None, lesions=True, anatomy=True, checkpoint=None)
+        -> (JSON record, picture material)
+
+With a checkpoint, the model section (`ilsgen.real_eval_model`) adds per image `model` and per
+set and group (`held_out`, `all`) a `model` summary; `anatomy=False` runs it alone.
 
 Data: a realcxr-layout folder (`<set>/images`, `<set>/masks/<structure>`, `index.csv`).
 
@@ -24,7 +29,8 @@ a lesion's masks against its expert mask, next to the whole-lung answer (the exp
 reported side(s)). The anomaly model is used as configured; what it was fitted on is recorded.
 
 Figures from images the shipped network was trained on are marked (`trained_on`); per-set
-summaries are given for the held-out images and for all.
+summaries are given for the held-out images and for all (the shipped network's held-out images
+are the `held_out(position)` fifth, the same rule the model section groups by).
 """
 
 from __future__ import annotations
@@ -222,12 +228,52 @@ def summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, An
 
 
 def evaluate(data_dir: str | Path, cfg: Any, sets: tuple[str, ...] | None = None, limit: int | None = None,
-             lesions: bool = True, figure_cases: int = 2) -> tuple[dict[str, Any], dict]:
-    """(JSON record, picture material for the figure)."""
-    from ils.imageio import resize_square
+             lesions: bool = True, figure_cases: int = 2, anatomy: bool = True, checkpoint: str | None = None,
+             segmenter: Any = None) -> tuple[dict[str, Any], dict]:
+    """(JSON record, picture material for the figure).
 
+    `anatomy=False` skips the anatomy and lesion-mask sections (the model section alone);
+    `checkpoint` (or a ready `segmenter`) adds the model section (ilsgen.real_eval_model)."""
     t0 = time.perf_counter()
     cases = load_real(Path(data_dir), sets, limit)
+    if anatomy:
+        record, pics = _evaluate_anatomy(cases, cfg, lesions)
+    else:
+        rows = [{"set": c.set, "image": c.name, "position": c.position} for c in cases]
+        record = {"note": "anatomy and lesion-mask sections not run (--model-only)", "per_set": {s: {} for s in sorted({c.set for c in cases})},
+                  "per_image": rows, "seconds": {}}
+        pics = {(c.set, c.name): (c.image, {}, {}) for c in cases}
+    record = {"data": str(Path(data_dir).resolve()), **record}
+    if checkpoint or segmenter is not None:
+        from ilsgen import real_eval_model as rem
+
+        t = time.perf_counter()
+        seg = segmenter if segmenter is not None else rem.load_segmenter(checkpoint, cfg)
+        mrows, mpics = rem.score_cases(cases, seg)
+        record["model"] = rem.describe(seg, checkpoint or "(in memory)")
+        by_key = {(r["set"], r["image"]): r for r in mrows}
+        for row in record["per_image"]:
+            m = dict(by_key[(row["set"], row["image"])])
+            for k in ("set", "image", "position"):
+                m.pop(k)
+            row["model"] = m
+        for s, sec in rem.model_per_set(mrows).items():
+            entry = record["per_set"].setdefault(s, {})
+            if "note" in sec:
+                entry["model_note"] = sec["note"]
+            for g in ("held_out", "all"):
+                entry.setdefault(g, {})["model"] = sec[g]
+        for key, lp in mpics.items():
+            image, apics, lpics = pics[key]
+            pics[key] = (image, apics, lpics, lp)
+        record["seconds"]["model_per_image"] = round((time.perf_counter() - t) / max(len(mrows), 1), 4)
+    record["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    return record, pics
+
+
+def _evaluate_anatomy(cases: list[RealCase], cfg: Any, lesions: bool) -> tuple[dict[str, Any], dict]:
+    from ils.imageio import resize_square
+
     scorer = Scorer(cfg, lesions)
     trained = _held_out_names(scorer)
     rows, pics, t_anat = [], {}, 0.0
@@ -269,14 +315,13 @@ def evaluate(data_dir: str | Path, cfg: Any, sets: tuple[str, ...] | None = None
         per_set[s] = entry
     anatomy_desc = scorer.anatomy.describe() if hasattr(scorer.anatomy, "describe") else {"backend": cfg.gen.anatomy.backend}
     record = {
-        "data": str(Path(data_dir).resolve()),
         "note": "development split figures; images the network was trained on are marked trained_on and left out of the held_out summaries",
         "anatomy_backend": anatomy_desc,
         "anomaly": _anomaly_desc(scorer) if lesions else None,
         "pipeline_lung_convention": "the anatomy bit map's lungs stop at the heart border (never overlap the heart)",
         "per_set": per_set,
         "per_image": rows,
-        "seconds": {"total": round(time.perf_counter() - t0, 1), "anatomy_per_image": round(t_anat / max(len(rows), 1), 4)},
+        "seconds": {"anatomy_per_image": round(t_anat / max(len(rows), 1), 4)},
     }
     return record, pics
 

@@ -8,7 +8,9 @@
   store with `rosalia.data.PairDataset` (not Ray Data: an exact mid-epoch resume needs a
   deterministic, indexable order, which `EpochPlan` gives), wraps it in torch DDP or a DeepSpeed
   ZeRO-2 engine, restores from `ray.train.get_checkpoint()` and reports a checkpoint from every
-  rank every `train.checkpoint_every` steps.
+  rank every `train.checkpoint_every` steps. `train.keep_snapshots=N` (default off) also exports
+  the model every N steps to `<out>-snapshots/step_NNNNNNNN` (rank 0), for learning curves that
+  score intermediate models (bench/real_transfer.py).
 - Resume: run `fit` again with the same output (the run is keyed by it, `rosalia.train_run`) or
   the same `train.name`; Ray Train hands the latest checkpoint to the workers, which restore step,
   epoch, data position, optimizer, scheduler and RNG. `train.resume=fresh` starts over.
@@ -221,6 +223,13 @@ def train_worker(config: dict) -> None:
         with open(Path(trace_dir) / f"rank{rank}.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "idx": [int(i) for i in idx]}) + "\n")
 
+    snapshot = None
+    snaps = config.get("snapshots")
+    if snaps and rank == 0 and comps.export is not None:
+
+        def snapshot(step: int) -> None:  # a small exported model, scoreable like the final one
+            log.info("snapshot at step %d: %s", step, comps.export(engine.module, f"{snaps}/step_{step:08d}"))
+
     validate = None
     if comps.val_set is not None and rank == 0:  # Ray scores checkpoints by rank 0's metrics
 
@@ -234,8 +243,9 @@ def train_worker(config: dict) -> None:
         eval_every=cfg.train.eval_every,
         log_every=cfg.train.log_every,
         max_seconds=cfg.train.max_minutes * 60.0,
+        snapshot_every=max(0, cfg.train.keep_snapshots),
     )
-    hooks = LoopHooks(checkpoint=checkpoint, validate=validate, trace=trace if trace_dir else None)
+    hooks = LoopHooks(checkpoint=checkpoint, validate=validate, trace=trace if trace_dir else None, snapshot=snapshot)
     if rank != 0:
         hooks.log = lambda m: None
     from rosalia.train_loop import run_loop
@@ -270,7 +280,17 @@ def prepare_run(cfg: Config, data_uri: str, out_uri: Optional[str]) -> RunPlan:
     return plan_run(runs_store(cfg), run_name(cfg.train.name, out, data_uri), cfg.train.resume)
 
 
-def build_trainer(cfg: Config, data_uri: str, factory: Any = "rosalia.train:rosalia_components", name: Optional[str] = None):
+def snapshots_uri(cfg: Config, out_uri: Optional[str]) -> Optional[str]:
+    """Where `train.keep_snapshots` writes its models: `<out>-snapshots/step_NNNNNNNN` (None: off)."""
+    from ils.store import Store
+
+    if cfg.train.keep_snapshots <= 0 or not out_uri:
+        return None
+    return Store.from_config(cfg.store).uri(out_uri).rstrip("/") + "-snapshots"
+
+
+def build_trainer(cfg: Config, data_uri: str, factory: Any = "rosalia.train:rosalia_components", name: Optional[str] = None,
+                  snapshots: Optional[str] = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -288,6 +308,7 @@ def build_trainer(cfg: Config, data_uri: str, factory: Any = "rosalia.train:rosa
         "factory": factory,
         "fail_at_step": int(os.environ.get(FAIL_ENV, "0") or 0),
         "trace_dir": os.environ.get(TRACE_ENV) or None,
+        "snapshots": snapshots,
     }
     resources = {"CPU": float(tc.cpus_per_worker)}
     if tc.use_gpu:
@@ -359,7 +380,10 @@ def fit(cfg: Config, data_uri: str, out_uri: Optional[str], factory: Any = "rosa
         log.info("%s", plan.describe())
     init_ray(cfg)
     t0 = time.perf_counter()
-    trainer = build_trainer(cfg, data_uri, factory, name=plan.name)
+    snaps = snapshots_uri(cfg, out_uri)
+    if snaps:
+        log.info("train.keep_snapshots=%d: a model every %d steps in %s", cfg.train.keep_snapshots, cfg.train.keep_snapshots, snaps)
+    trainer = build_trainer(cfg, data_uri, factory, name=plan.name, snapshots=snaps)
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
@@ -373,6 +397,8 @@ def fit(cfg: Config, data_uri: str, out_uri: Optional[str], factory: Any = "rosa
         "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))},
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if snaps:
+        summary["snapshots"] = snaps
     if out_uri:
         summary["exported"] = export_checkpoint(cfg, ck, out_uri, data_uri, factory)
     log.info("training done: %s", summary)

@@ -235,6 +235,7 @@ class LoopConfig:
     log_every: int = 10
     max_seconds: float = 0.0  # 0: no time limit
     loader_workers: int = 0
+    snapshot_every: int = 0  # 0: no snapshots (hooks.snapshot)
 
 
 @dataclass
@@ -244,6 +245,7 @@ class LoopHooks:
     checkpoint: Callable[[LoopState, dict], None] = lambda state, metrics: None
     validate: Optional[Callable[[], float]] = None  # returns validation gIoU
     trace: Optional[Callable[[int, list[int]], None]] = None  # (step, dataset indices)
+    snapshot: Optional[Callable[[int], None]] = None  # (step): export a scoreable model (train.keep_snapshots)
     log: Callable[[dict], None] = field(default=lambda m: log.info("%s", m))
 
 
@@ -314,6 +316,8 @@ def run_loop(
             if state.step % max(1, cfg.checkpoint_every) == 0 or done:
                 metrics.update(val_giou=state.val_giou, best_val_giou=state.best_val_giou)
                 hooks.checkpoint(state, metrics)
+            if hooks.snapshot and cfg.snapshot_every > 0 and (state.step % cfg.snapshot_every == 0 or done):
+                hooks.snapshot(state.step)
             if state.step % max(1, cfg.log_every) == 0:
                 window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
             if done:

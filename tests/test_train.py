@@ -400,3 +400,20 @@ def test_runs_are_keyed_by_output_and_resume_is_explicit(tmp_path):
     assert plan.action == "restart" and not runs.exists(a)
     with pytest.raises(UserError, match="train.resume"):
         plan_run(runs, a, "sometimes")
+
+
+def test_snapshots_every_n_steps_and_at_the_end(tmp_path):
+    from rosalia.train import snapshots_uri
+
+    def steps_snapshotted(total, every):
+        torch.manual_seed(0)
+        engine = TorchEngine(DoubleModel(), 0.01, 2, total, 1.0)
+        got: list[int] = []
+        run_loop(engine, DoubleData(), double_collate, DoublePlan(40), LoopState(),
+                 LoopConfig(4, total, checkpoint_every=1000, snapshot_every=every), LoopHooks(snapshot=got.append, log=lambda m: None))
+        return got
+
+    assert steps_snapshotted(11, 5) == [5, 10, 11]
+    assert steps_snapshotted(3, 0) == []  # train.keep_snapshots=0 (default): none
+    assert snapshots_uri(_cfg(f"store.uri={tmp_path}", "train.keep_snapshots=5"), "ck") == f"{tmp_path}/ck-snapshots"
+    assert snapshots_uri(_cfg(f"store.uri={tmp_path}"), "ck") is None and snapshots_uri(_cfg("train.keep_snapshots=5"), None) is None

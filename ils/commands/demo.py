@@ -3,8 +3,9 @@
 sample (synthetic phantom studies) -> gen (Ray Data) -> export (MIMIC-ILS) -> gen-eval (quality
 against the phantoms' ground truth) -> real-eval (anatomy and lesion masks on real radiographs with
 expert masks, `--real`, when present) -> train (Ray Train, tiny model) -> eval (against ilsgen's
-test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth)
--> serve one real request. Each step is the same subcommand a user would type, with the same
+test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth) -> real-eval-model
+(the trained model asked about the real radiographs, `ils real-eval --checkpoint --model-only`, when
+present) -> serve one real request. Each step is the same subcommand a user would type, with the same
 --config and overrides, so the demo is also a check that the README's commands work.
 
 The terminal shows one progress bar per stage, each stage's summary and a final summary
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,real-eval,train,eval,truth-pairs,eval-truth,serve)")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,real-eval,train,eval,truth-pairs,eval-truth,real-eval-model,serve)")
     parser.add_argument("--real", default="../shared/realcxr",
                         help="real radiographs with expert masks (realcxr layout) for the real-eval stage; skipped when absent")
     parser.add_argument("--verbose", action="store_true", help="print every log line on the terminal instead of the log files")
@@ -102,10 +103,13 @@ def run(args, cfg) -> int:
         ("train", ["train", "--data", run_uri, "--out", ckpt]),
         ("eval", ["eval", "--checkpoint", ckpt, "--data", run_uri, "--out", eval_out]),
         ("truth-pairs", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test", "--split", "test"]),
-        ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", outputs.truth_eval_out, "--split", "test"]),
+        ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", outputs.truth_eval_out, "--split", "test",
+                        "--label-ceiling", run_uri]),
+        ("real-eval-model", ["real-eval", "--data", args.real, "--out", store.uri(outputs.real_model_out), "--checkpoint", ckpt,
+                             "--model-only"]),
     ]
     if not os.path.isfile(os.path.join(args.real, "index.csv")):
-        skip.add("real-eval")
+        skip.update({"real-eval", "real-eval-model"})
         outputs.notes["real-eval"] = f"no real radiographs at {args.real!r} (--real DIR)"
     todo = [s for s in steps if s[0] not in skip] + ([("serve", None)] if "serve" not in skip else [])
     with QuietConsole(log_dir, enabled=not args.verbose) as console:

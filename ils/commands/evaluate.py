@@ -12,6 +12,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", help="which split to score (default: eval.split; 'all' for every pair)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
     parser.add_argument("--no-text", action="store_true", help="skip answer generation (masks only)")
+    parser.add_argument("--label-ceiling", default=None, metavar="GEN_RUN",
+                        help="with --data a truth-pairs run (`ils truth-pairs`): also score GEN_RUN's ilsgen masks against "
+                             "the same truth pairs and print model vs truth next to ilsgen labels vs truth")
 
 
 def run(args, cfg) -> int:
@@ -45,7 +48,19 @@ def run(args, cfg) -> int:
         add_paraphrase_report(report, records, model, ds, cfg.eval.batch_size, cfg.eval.cleanup_min_component_frac, not args.no_text)
     report["checkpoint"] = ck.rstrip("/").rsplit("/", 1)[-1]
     report["split"] = split
+    if args.label_ceiling:
+        from ils.label_ceiling import compare, label_ceiling
+
+        gen = args.label_ceiling
+        gen_uri = gen if ("://" in gen or gen.startswith("/")) else store.uri(gen)
+        ceiling = label_ceiling(run_store, Store.from_config(cfg.store, gen_uri), split)
+        report["label_ceiling"] = {"gen_run": gen_uri, **(ceiling or {"note": "no ilsgen masks (mask_index) in the run"})}
+        report["comparison"] = compare(report, ceiling, dataset=run_store.root_uri)
     paths = write_report(store, out, report, examples)
     print(metrics_table(report))
+    if args.label_ceiling:
+        from ils.label_ceiling import compare_lines
+
+        print("\n".join(compare_lines(report["comparison"]) or ["label ceiling: no ilsgen masks in " + args.label_ceiling]))
     print(f"report: {paths['json']}\nfigure: {paths['png']}")
     return 0
