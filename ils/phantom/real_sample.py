@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: consolidation is negated only where the radiologists outlined the image (ground-glass) but
 #: drew no consolidation (`suppressed_negatives`).
 NO_NEGATIVE = frozenset({"opacity", "pneumonia"})
-CLEAR_LUNGS = ("The lungs are clear.", "Lungs are well expanded and clear.")
+CLEAR_LUNGS = ("lungs are clear", "expanded and clear")  # never true of a real base (all show disease)
 FILL = 0.6  # lesion area / its bounding box (NIH boxes -> mask areas)
 SIZE_FACTOR = (0.6, 2.2)  # limits of the rescale of a procedural lesion shape
 TRANSPLANT_P = 0.6  # opacity / consolidation: share drawn as a real shape from another base
@@ -117,7 +117,7 @@ def drop_sentences(rep: Report, suppress: frozenset[str] | set[str]) -> Report:
     findings_text = rest.split("\n \n IMPRESSION:", 1)[0]
     nf = next(k for k in range(len(rep.sentences) + 1) if " ".join(rep.sentences[:k]) == findings_text)
     bad = {m.sent_idx for m in rep.mentions if not m.present and m.lesion in suppress}
-    bad |= {i for i, s in enumerate(rep.sentences[:nf]) if s in CLEAR_LUNGS}
+    bad |= {i for i, s in enumerate(rep.sentences[:nf]) if any(c in s.lower() for c in CLEAR_LUNGS)}
     keep = [i for i in range(len(rep.sentences)) if i not in bad]
     new = {old: k for k, old in enumerate(keep)}
     sentences = [rep.sentences[i] for i in keep]
