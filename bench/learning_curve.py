@@ -98,7 +98,7 @@ def plot(curve: list[dict], results: dict, path: Path, ceiling: dict | None = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
     logged = [p for p in curve if "loss" in p]
     axes[0].plot([p["step"] for p in logged], [p["loss"] for p in logged], label="train loss (weighted CE + BCE + Dice + presence BCE)")
     axes[0].set_xlabel("step")
@@ -159,7 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     if args.plot_only:
         doc = json.loads((out / "learning.json").read_text())
-        plot(doc["curve"], doc["results"], out / "learning.png", doc.get("label_ceiling"), doc.get("comparison"))
+        comparison = doc.get("comparison")
+        if comparison is None and doc.get("label_ceiling") and doc["results"].get("truth"):  # a JSON from before `comparison`
+            from ils.label_ceiling import compare
+
+            comparison = compare(doc["results"]["truth"], doc["label_ceiling"], dataset="phantoms (this run)")
+        plot(doc["curve"], doc["results"], out / "learning.png", doc.get("label_ceiling"), comparison)
         return doc
     tmp = out / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)

@@ -194,7 +194,7 @@ def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, s
         lines.append("figures (real radiographs, development split; anatomy + ilsgen lesion masks, not the model):")
         lines += [f"  {line}" for line in real]
     else:
-        lines.append(f"  real radiographs            none in this run ({out.notes.get('real-eval', 'real-eval skipped')})")
+        lines.append(f"  real radiographs, anatomy + ilsgen masks: none in this run ({out.notes.get('real-eval', 'real-eval skipped')})")
     if out.reply:
         lines.append(f"served answer: {out.reply.get('message')}  [asked: {out.reply.get('instruction')!r}; "
                      f"reply in {store.uri('demo/served.json')}]")

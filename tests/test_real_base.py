@@ -127,8 +127,12 @@ def test_truth_agrees_with_report(studies):
     for s in studies:
         present = {f["lesion"] for f in s.findings if f["present"]}
         assert set(s.masks) == present, s.study_id
-        for f in s.findings:
-            assert f["sentence"] in s.report
+        pos = -1
+        for f in sorted(s.findings, key=lambda f: f["sent_idx"]):  # sentence indices follow the text order
+            at = s.report.find(f["sentence"], max(pos, 0))
+            assert at >= pos >= -1 and at >= 0, (s.study_id, f["sentence"])
+            pos = at
+        assert "lungs are clear" not in s.report.lower()
         by_idx = {f["finding_idx"]: f for f in s.findings}
         for r in s.mask_rows:
             assert by_idx[r["finding_idx"]]["lesion"] == r["lesion"] and by_idx[r["finding_idx"]]["present"]

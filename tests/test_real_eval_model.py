@@ -213,3 +213,26 @@ def test_demo_summary_shows_the_model_held_out_first(folder):
     assert f"opacity gIoU {held['opacity']['gIoU']:.3f} (target 0.40" in lines[0]
     assert "TB not outlined" in lines[1] and "absent when no consolidation outline 0.0 %" in lines[1]  # she4: k even
     assert model_lines({"per_set": {}}) == [] and model_lines(None) == []
+
+
+def test_demo_final_summary_shows_model_real_figures_and_label_ceiling(folder, tmp_path):
+    from ils.demo_summary import Outputs, final_summary, stage_summary
+    from ils.label_ceiling import compare
+    from ils.store import Store
+    from ilsgen.real_eval import evaluate
+
+    root, _ = folder
+    store = Store(str(tmp_path))
+    record, _ = evaluate(root, load_config(None, []), anatomy=False, segmenter=Stub())
+    store.write_text("real-eval-model/real_eval.json", json.dumps(record))
+    gated = {"gIoU": 0.5, "cIoU": 0.6, "N-Acc": 0.9}
+    report = {"overall": {"gated": gated, "text_accuracy": 1.0, "n": 3}, "n_samples": 3, "per_type": {}}
+    report["comparison"] = compare(report, {"overall": {"gIoU": 0.72, "cIoU": 0.74, "N-Acc": 0.99}, "per_lesion": {}})
+    store.write_text("eval-truth/report.json", json.dumps(report))
+    out = Outputs(store=store, run="gen", checkpoint="ck", eval_out="eval", truth_eval_out="eval-truth")
+    text = final_summary(out, load_config(None, []), None, str(tmp_path / "logs"), 1.0)
+    assert "ilsgen labels, truth pairs  gIoU 72.0 %, cIoU 74.0 %, N-Acc 99.0 % (the label ceiling; limits: the model" in text
+    i = text.index("figures (real radiographs, development split; the model")
+    assert text.index("covid_radiologist [held out", i) < text.index("covid_radiologist [all", i)
+    assert any("ilsgen labels (ceiling)" in ln for ln in stage_summary("eval-truth", out))
+    assert stage_summary("real-eval-model", out)[0].startswith("covid_radiologist [held out")

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: consolidation is negated only where the radiologists outlined the image (ground-glass) but
 #: drew no consolidation (`suppressed_negatives`).
 NO_NEGATIVE = frozenset({"opacity", "pneumonia"})
-CLEAR_LUNGS = ("The lungs are clear.", "Lungs are well expanded and clear.")
+CLEAR_LUNGS = ("lungs are clear", "expanded and clear")  # never true of a real base (all show disease)
 FILL = 0.6  # lesion area / its bounding box (NIH boxes -> mask areas)
 SIZE_FACTOR = (0.6, 2.2)  # limits of the rescale of a procedural lesion shape
 TRANSPLANT_P = 0.6  # opacity / consolidation: share drawn as a real shape from another base
@@ -87,8 +87,8 @@ def _target_contrast(lesion: str, severity: float, rng: np.random.Generator) -> 
     if lesion in ("opacity", "edema"):
         c = max(S.sample_q(ggo, rng.uniform(0.5, 0.95)), 0.15)
         return c * (0.7 + 0.6 * severity) if lesion == "edema" else c
-    c = max(S.sample_q(cons, rng.uniform(0.4, 0.95)), 0.3)
-    return c * (1.4 if lesion == "effusion" else 1.0)
+    c = max(S.sample_q(cons, rng.uniform(0.5, 1.0)), 0.3)
+    return c * {"effusion": 1.4, "atelectasis": 0.8}.get(lesion, 1.0)
 
 
 def _target_ctr(rng: np.random.Generator) -> float:
@@ -117,7 +117,7 @@ def drop_sentences(rep: Report, suppress: frozenset[str] | set[str]) -> Report:
     findings_text = rest.split("\n \n IMPRESSION:", 1)[0]
     nf = next(k for k in range(len(rep.sentences) + 1) if " ".join(rep.sentences[:k]) == findings_text)
     bad = {m.sent_idx for m in rep.mentions if not m.present and m.lesion in suppress}
-    bad |= {i for i, s in enumerate(rep.sentences[:nf]) if s in CLEAR_LUNGS}
+    bad |= {i for i, s in enumerate(rep.sentences[:nf]) if any(c in s.lower() for c in CLEAR_LUNGS)}
     keep = [i for i in range(len(rep.sentences)) if i not in bad]
     new = {old: k for k, old in enumerate(keep)}
     sentences = [rep.sentences[i] for i in keep]
@@ -158,7 +158,10 @@ def _kept_plan(lesion: str, mask: np.ndarray, f, anat: np.ndarray, rng: np.rando
 
 def generate_real_study(seed: int, index: int, cfg: Config, *, base: int | None = None) -> PhantomStudy:
     """One study on a real base (`base`: index into real_base.load_bases; default drawn per (seed, index))."""
+    from scipy.ndimage import gaussian_filter
+
     from ils.phantom.lesions import Instance
+    from ils.phantom.render import crop, texture_bank
 
     scfg, tsize, size = cfg.sample, int(cfg.image.size), int(cfg.sample.size)
     root = str(scfg.real_base)
@@ -219,8 +222,8 @@ def generate_real_study(seed: int, index: int, cfg: Config, *, base: int | None 
                 continue
         good = []
         for inst in insts:
+            region = f.lung & ((f.X < 0) if inst.side == "right" else (f.X >= 0))
             if inst.density is not None and not moved:
-                region = f.lung & ((f.X < 0) if inst.side == "right" else (f.X >= 0))
                 target = _target_area(p.lesion, g_rng)
                 if target is not None and region.any() and inst.mask.any():
                     cur = inst.mask.sum() / region.sum()
@@ -228,6 +231,10 @@ def generate_real_study(seed: int, index: int, cfg: Config, *, base: int | None 
                     inst.mask, inst.density = C.rescale(inst.mask, inst.density, factor, region)
             if inst.mask.mean() < MIN_AREA_FRAC / 4:
                 continue  # nothing left of it on this base: neither drawn nor in the truth
+            if inst.density is not None and not moved:  # soften the procedural shape's edges, keep it in its lung
+                tex = crop(texture_bank(tsize), tsize, g_rng)  # real opacities are not flat inside
+                soft = gaussian_filter(inst.density * (np.float32(0.75) + np.float32(0.25) * tex), sigma=max(1.0, tsize / 200))
+                inst.density = (soft * region).astype(np.float32)
             if inst.density is not None:
                 gain = _target_contrast(p.lesion, p.severity, g_rng) / max(float(inst.density[inst.mask].mean()), 1e-6)
                 inst.density = (inst.density * np.float32(gain)).astype(np.float32)
