@@ -185,6 +185,7 @@ class TrainConfig:
     """ROSALIA fine-tuning on Ray Train."""
 
     data: Optional[str] = None
+    extra_data: list[str] = field(default_factory=list)  # more run folders (train split); their studies replace data's
     out: str = "checkpoints"
     num_workers: int = 1
     cpus_per_worker: float = 1.0

@@ -118,9 +118,25 @@ class PairDataset(Dataset):
         return cls(list(rows), images, np.array(image_index), masks, np.array(mask_index), image_size, mask_size)
 
     @classmethod
+    def concat(cls, parts: Sequence["PairDataset"]) -> "PairDataset":
+        """One dataset holding the pairs of `parts` in order (each keeps its own images and masks)."""
+        if not parts:
+            raise DataError("no datasets to join")
+        if len({(p.image_size, p.mask_size) for p in parts}) != 1:
+            raise DataError(f"datasets of different sizes: {[(p.image_size, p.mask_size) for p in parts]}")
+        image_index, mask_index, img_off, mask_off = [], [], 0, 0
+        for p in parts:
+            image_index.append(p.image_index + img_off)
+            mask_index.append(np.where(p.mask_index >= 0, p.mask_index + mask_off, -1))
+            img_off, mask_off = img_off + len(p.images), mask_off + len(p.masks)
+        return cls([r for p in parts for r in p.rows], np.concatenate([p.images for p in parts]), np.concatenate(image_index),
+                   np.concatenate([p.masks for p in parts]), np.concatenate(mask_index), parts[0].image_size, parts[0].mask_size)
+
+    @classmethod
     def from_run(cls, run: Store, split: str | None = None, image_size: int = 256, mask_size: int = 256,
-                 cache: bool = True, limit: int = 0) -> "PairDataset":
-        """Pairs of one split (None: all) of the run folder `run`, cached under RUN/rosalia-cache/."""
+                 cache: bool = True, limit: int = 0, exclude_studies: frozenset[str] | set[str] = frozenset()) -> "PairDataset":
+        """Pairs of one split (None: all) of the run folder `run` (less those of `exclude_studies`),
+        cached under RUN/rosalia-cache/."""
         if not run.exists("pairs"):
             raise DataError(f"no pairs/ folder in {run.root_uri}; run `ils gen` first")
         table = run.read_parquet("pairs")
@@ -130,6 +146,8 @@ class PairDataset(Dataset):
         rows = sorted(table.to_pylist(), key=lambda r: r["pair_id"])
         if split:
             rows = [r for r in rows if r.get("split") == split]
+        if exclude_studies:
+            rows = [r for r in rows if r["study_id"] not in exclude_studies]
         if limit:
             rows = rows[:limit]
         if not rows:

@@ -95,6 +95,28 @@ class PlanOrder:
         return self._cache[epoch]
 
 
+def training_pairs(cfg: Config, run: Any, size: int, mask: int):
+    """The train split of `run`, joined with the train split of every `train.extra_data` run; a
+    study that an extra run holds is trained on that run's pairs only (e.g. the exact truth of the
+    studies on real radiographs, where ilsgen's own masks are weak: docs/training.md)."""
+    from ils.store import Store
+    from rosalia.data import DataError, PairDataset
+
+    extras, root = [], Store.from_config(cfg.store)
+    for uri in cfg.train.extra_data or []:
+        extra = Store.from_config(cfg.store, root.uri(uri))  # relative to the store, like --data
+        try:
+            extras.append(PairDataset.from_run(extra, split="train", image_size=size, mask_size=mask))
+        except DataError as exc:
+            raise DataError(f"train.extra_data {uri!r}: {exc}") from exc
+    taken = {r["study_id"] for e in extras for r in e.rows}
+    main = PairDataset.from_run(run, split="train", image_size=size, mask_size=mask, exclude_studies=taken)
+    if extras:
+        log.info("training pairs: %d from %s, %d from train.extra_data (%d studies taken from the extra runs)",
+                 len(main), run.root_uri, sum(len(e) for e in extras), len(taken))
+    return PairDataset.concat([main, *extras]) if extras else main
+
+
 def rosalia_components(cfg: Config, data_uri: str, rank: int = 0, world: int = 1, with_data: bool = True) -> Components:
     """The ROSALIA model (seeded by train.seed) and the pairs of a generated run at `data_uri`."""
     from ils.store import Store
@@ -113,7 +135,7 @@ def rosalia_components(cfg: Config, data_uri: str, rank: int = 0, world: int = 1
 
     run = Store.from_config(cfg.store, data_uri)
     size, mask = int(model.spec["image_size"]), int(model.mask_size)
-    train_set = PairDataset.from_run(run, split="train", image_size=size, mask_size=mask)
+    train_set = training_pairs(cfg, run, size, mask)
     try:
         val_set = PairDataset.from_run(run, split="val", image_size=size, mask_size=mask)
     except DataError as exc:  # a run without a val split trains without validation

@@ -223,3 +223,44 @@ def test_on_the_real_development_split():
                 assert all(not (m & ~lung).any() for m in masks)
         kept += len(s.meta["kept_lesions"])
     assert kept > 0
+
+
+def test_truth_of_real_bases_replaces_their_pairs_in_training(fake_realcxr, tmp_path, capsys):
+    """`ils truth-pairs --source real_base` keeps only the studies on real bases, and with
+    `train.extra_data` those studies are trained on that run's pairs only (the main run's pairs
+    of the same studies are left out), every other study on the main run's."""
+    import json
+
+    from ils.cli import main
+    from ils.store import Store
+    from rosalia.data import PairDataset
+    from rosalia.train import training_pairs
+
+    store = f"store.uri={tmp_path}"
+    over = [*SMALL, f"sample.real_base={fake_realcxr}", "sample.real_fraction=0.5", "sample.test_fraction=0", "sample.val_fraction=0"]
+    assert main(["sample", "--n", "10", "--seed", "3", "--out", "ph", store, *over]) == 0
+    real = {r["study_id"] for r in Store(str(tmp_path / "ph")).read_parquet("truth/sources.parquet").to_pylist()
+            if r["source"] == "real_base"}
+    assert 0 < len(real) < 10
+    capsys.readouterr()
+    assert main(["truth-pairs", "--phantoms", "ph", "--out", "extra", "--split", "train", "--source", "real_base", store]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["source"] == "real_base"
+    assert main(["truth-pairs", "--phantoms", "ph", "--out", "main", "--split", "train", store]) == 0  # stands in for a gen run
+    extra_rows = Store(str(tmp_path / "extra")).read_parquet("pairs").to_pylist()
+    main_rows = Store(str(tmp_path / "main")).read_parquet("pairs").to_pylist()
+    assert {r["study_id"] for r in extra_rows} == real
+    cfg = load_config(None, [store, "train.extra_data=[extra]"])
+    ds = training_pairs(cfg, Store(str(tmp_path / "main")), 64, 64)
+    expected = [r for r in main_rows if r["study_id"] not in real] + extra_rows
+    assert sorted(r["pair_id"] for r in ds.rows) == sorted(r["pair_id"] for r in expected)
+    # every pair still points at its own image and mask after the join
+    solo = {"main": PairDataset.from_run(Store(str(tmp_path / "main")), "train", 64, 64, cache=False),
+            "extra": PairDataset.from_run(Store(str(tmp_path / "extra")), "train", 64, 64, cache=False)}
+    by_id = {r["pair_id"]: (name, i) for name, d in solo.items() for i, r in enumerate(d.rows)}
+    for i, r in enumerate(ds.rows):
+        name, j = by_id[r["pair_id"]]
+        if name == "main" and r["study_id"] in real:
+            continue
+        a, b = ds[i], solo[name][j]
+        assert np.array_equal(a["image"].numpy(), b["image"].numpy()) and np.array_equal(a["mask"].numpy(), b["mask"].numpy())
+    assert main(["truth-pairs", "--phantoms", "ph", "--out", "none", "--split", "test", "--source", "real_base", store]) != 0

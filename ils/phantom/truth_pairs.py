@@ -1,12 +1,15 @@
 """Instruction-answer pairs made from the phantoms' ground truth (what a perfect ilsgen would write).
 
-    write_truth_run(phantoms: Store, out: Store, split="test", seed=0) -> int   # number of pairs
+    write_truth_run(phantoms: Store, out: Store, split="test", seed=0, source=None) -> int   # number of pairs
 
 For every study of `split` (None: all) in the folder `ils sample` wrote, the truth findings,
 masks and anatomy bit map go through the same `ilsgen.pairs.make_pairs` that ilsgen uses, so the
 pairs have ilsgen's templates, types and negatives; the run folder (`pairs/part-0.parquet`, its
 own copy of the target masks under `truth-masks/`, union masks under `masks/`) is what
 `ils eval --data` reads. Scoring a model on it gives its figures "against phantom ground truth".
+`source` keeps only the studies of one source (`procedural` or `real_base`, from
+`truth/sources.parquet`; a folder without that file holds procedural studies only), e.g. the
+exact truth of the studies on real radiographs for `train.extra_data`.
 """
 
 from __future__ import annotations
@@ -16,14 +19,25 @@ import numpy as np
 from ils.store import Store
 
 
-def write_truth_run(ph: Store, out: Store, split: str | None = "test", seed: int = 0) -> int:
-    """Write the truth pairs of one split of the phantoms in `ph` into the run folder `out`."""
+def study_sources(ph: Store) -> dict[str, str]:
+    """study_id -> source (`procedural` / `real_base`) of a folder `ils sample` wrote."""
+    if not ph.exists("truth/sources.parquet"):
+        return {}
+    return {r["study_id"]: r["source"] for r in ph.read_parquet("truth/sources.parquet").to_pylist()}
+
+
+def write_truth_run(ph: Store, out: Store, split: str | None = "test", seed: int = 0, source: str | None = None) -> int:
+    """Write the truth pairs of one split (and `source`, None: every source) of the phantoms in
+    `ph` into the run folder `out`."""
     from ils.config import PairConfig
     from ils.schema import PAIR, conform
     from ilsgen.manifest import read_manifest
     from ilsgen.pairs import make_pairs
 
     studies = [s for s in read_manifest(ph, "manifest.parquet").to_pylist() if split is None or s.get("split") == split]
+    if source is not None:
+        sources = study_sources(ph)
+        studies = [s for s in studies if sources.get(s["study_id"], "procedural") == source]
     findings: dict[str, list[dict]] = {}
     for f in ph.read_parquet("truth/findings.parquet").to_pylist():
         findings.setdefault(f["study_id"], []).append(f)
