@@ -3,8 +3,7 @@
 sample (synthetic phantom studies; with `--real` present, half of them on its real radiographs)
 -> gen (Ray Data) -> export (MIMIC-ILS) -> gen-eval (quality
 against the phantoms' ground truth) -> real-eval (anatomy and lesion masks on real radiographs with
-expert masks, `--real`, when present) -> truth-pairs-real (the exact truth of the train-split
-studies built on real radiographs, which then train on it: `train.extra_data`) -> train (Ray Train, tiny model) -> eval (against ilsgen's
+expert masks, `--real`, when present) -> train (Ray Train, tiny model) -> eval (against ilsgen's
 test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth) -> real-eval-model
 (the trained model asked about the real radiographs, `ils real-eval --checkpoint --model-only`, when
 present) -> serve one real request. Each step is the same subcommand a user would type, with the same
@@ -26,11 +25,10 @@ import time
 HELP = "run the embedded main job: sample -> gen -> export -> gen-eval -> train -> eval (ilsgen + truth pairs) -> serve a request"
 
 log = logging.getLogger(__name__)
-REAL_TRUTH = "truth-train-real"  # the exact truth of the train-split studies on real radiographs
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,real-eval,truth-pairs-real,train,eval,truth-pairs,eval-truth,real-eval-model,serve)")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,real-eval,train,eval,truth-pairs,eval-truth,real-eval-model,serve)")
     parser.add_argument("--real", default="../shared/realcxr",
                         help="real radiographs with expert masks (realcxr layout) for the real-eval stage; skipped when absent")
     parser.add_argument("--no-real-base", action="store_true",
@@ -101,20 +99,17 @@ def run(args, cfg) -> int:
     outputs = Outputs(store=store, run=run_uri, checkpoint=ckpt, eval_out=eval_out, truth_eval_out=f"{eval_out}-truth")
     log_dir = os.path.join(store.root, "logs", "demo") if not store.is_s3 else os.path.join(cfg.ray.local_state_dir, "logs", "demo")
     real = os.path.isfile(os.path.join(args.real, "index.csv"))
-    # With real radiographs: half the studies are built on them (sample.real_base, docs/real_base.md),
-    # and those studies train on their exact truth (train.extra_data; ilsgen's masks are weak there).
+    # With real radiographs: half the studies are built on them (sample.real_base, docs/real_base.md);
+    # they train on ilsgen's labels like every other study (docs/training.md says why not their truth).
     on_real = real and cfg.sample.real_base is None and not args.no_real_base
     sample_real = [f"sample.real_base={os.path.abspath(args.real)}"] if on_real else []
-    real_truth = (on_real or cfg.sample.real_base is not None) and "truth-pairs-real" not in skip
-    train_extra = [f"train.extra_data=[{REAL_TRUTH}]"] if real_truth and not cfg.train.extra_data else []
     steps = [
         ("sample", ["sample", "--out", "phantoms", *sample_real]),
         ("gen", ["gen", "--input", "phantoms/manifest.parquet", "--out", run_uri]),
         ("export", ["export", "--run", run_uri]),
         ("gen-eval", ["gen-eval", "--run", run_uri, "--truth", "phantoms/truth"]),
         ("real-eval", ["real-eval", "--data", args.real, "--out", store.uri(outputs.real_eval_out)]),
-        ("truth-pairs-real", ["truth-pairs", "--phantoms", "phantoms", "--out", REAL_TRUTH, "--split", "train", "--source", "real_base"]),
-        ("train", ["train", "--data", run_uri, "--out", ckpt, *train_extra]),
+        ("train", ["train", "--data", run_uri, "--out", ckpt]),
         ("eval", ["eval", "--checkpoint", ckpt, "--data", run_uri, "--out", eval_out]),
         ("truth-pairs", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test", "--split", "test"]),
         ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", outputs.truth_eval_out, "--split", "test",
@@ -122,14 +117,13 @@ def run(args, cfg) -> int:
         ("real-eval-model", ["real-eval", "--data", args.real, "--out", store.uri(outputs.real_model_out), "--checkpoint", ckpt,
                              "--model-only"]),
     ]
-    if not train_extra:
-        skip.add("truth-pairs-real")
     if not real:
         skip.update({"real-eval", "real-eval-model"})
         outputs.notes["real-eval"] = f"no real radiographs at {args.real!r} (--real DIR)"
     todo = [s for s in steps if s[0] not in skip] + ([("serve", None)] if "serve" not in skip else [])
     with QuietConsole(log_dir, enabled=not args.verbose) as console:
-        console.say(f"ils demo: {len(todo)} stages on synthetic phantom data"
+        data = "synthetic studies (half of them lesions drawn on real radiographs)" if on_real else "synthetic phantom data"
+        console.say(f"ils demo: {len(todo)} stages on {data}"
                     + (" (+ real radiographs for real-eval)" if "real-eval" not in skip else "") + f"; details in {log_dir}/<stage>.log")
         for k, (name, argv) in enumerate(todo, 1):
             label = f"[{k}/{len(todo)}] {name}"
