@@ -117,8 +117,15 @@ def stage_summary(name: str, out: Outputs) -> list[str]:
         splits: dict[str, int] = {}
         for r in rows:
             splits[r["split"]] = splits.get(r["split"], 0) + 1
-        return [f"{len(rows)} synthetic phantom studies (" + ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
-                + f") in {store.uri('phantoms')}"]
+        lines = [f"{len(rows)} synthetic phantom studies (" + ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
+                 + f") in {store.uri('phantoms')}"]
+        if store.exists("phantoms/truth/sources.parquet"):
+            src = store.read_parquet("phantoms/truth/sources.parquet").to_pylist()
+            real = [r for r in src if r["source"] != "procedural"]
+            if real:
+                lines.append(f"{len(real)} of them are synthetic lesions drawn on {len({r['base_name'] for r in real})} real "
+                             "radiographs (sample.real_base; their held-out fifth is never a base)")
+        return lines
     if name == "gen":
         from ilsgen.summary import format_summary
 
