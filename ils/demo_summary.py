@@ -19,6 +19,7 @@ class Outputs:
     truth_eval_out: str
     real_eval_out: str = "real-eval"
     real_model_out: str = "real-eval-model"
+    truth_real_eval_out: str = "eval-truth-real"  # the truth pairs of the studies on real radiographs
     reply: Optional[dict] = None
     notes: dict = field(default_factory=dict)
 
@@ -150,11 +151,15 @@ def stage_summary(name: str, out: Outputs) -> list[str]:
         return ["model on ilsgen's test pairs:"] + eval_lines(out.json(f"{out.eval_out}/report.json"))
     if name == "truth-pairs":
         return [f"pairs from the phantoms' ground truth in {store.uri('truth-test')}"]
-    if name == "eval-truth":
+    if name == "truth-pairs-real":
+        return [f"pairs from the ground truth of the test studies on real radiographs in {store.uri('truth-test-real')}"]
+    if name in ("eval-truth", "eval-truth-real"):
         from ils.label_ceiling import compare_lines
 
-        report = out.json(f"{out.truth_eval_out}/report.json")
-        return ["model on the phantoms' ground-truth pairs:"] + eval_lines(report) + compare_lines((report or {}).get("comparison"))
+        rel, what = ((out.truth_eval_out, "the phantoms' ground-truth pairs") if name == "eval-truth" else
+                     (out.truth_real_eval_out, "the ground-truth pairs of the studies on real radiographs"))
+        report = out.json(f"{rel}/report.json")
+        return [f"model on {what}:"] + eval_lines(report) + compare_lines((report or {}).get("comparison"))
     if name == "serve":
         r = out.reply or {}
         return [f"asked: {r.get('instruction')!r}", f"answer: {r.get('message')}  (model format: {r.get('answer')!r})"]
@@ -169,6 +174,12 @@ def _overall(report: Optional[dict]) -> str:
     return (f"gIoU {_pct(g['gIoU']).strip()} %, cIoU {_pct(g['cIoU']).strip()} %, N-Acc {_pct(g['N-Acc']).strip()} %, "
             f"text {_pct(report['overall']['text_accuracy']).strip()} %, raw answer agreement {_pct(agr.get('raw')).strip()} %"
             f" (n={report.get('n_samples')})")
+
+
+def _ceiling(head: str, comp: dict) -> str:
+    lab = comp["labels_vs_truth"]
+    return (f"{head}gIoU {_pct(lab['gIoU']).strip()} %, cIoU {_pct(lab['cIoU']).strip()} %, "
+            f"N-Acc {_pct(lab['N-Acc']).strip()} % (the label ceiling; limits: {comp['limits']})")
 
 
 def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, seconds: float) -> str:
@@ -189,9 +200,13 @@ def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, s
               ]
     comp = (out.json(f"{out.truth_eval_out}/report.json") or {}).get("comparison") or {}
     if comp.get("labels_vs_truth"):
-        lab = comp["labels_vs_truth"]
-        lines.append(f"  ilsgen labels, truth pairs  gIoU {_pct(lab['gIoU']).strip()} %, cIoU {_pct(lab['cIoU']).strip()} %, "
-                     f"N-Acc {_pct(lab['N-Acc']).strip()} % (the label ceiling; limits: {comp['limits']})")
+        lines.append(_ceiling("  ilsgen labels, truth pairs  ", comp))
+    real_truth = out.json(f"{out.truth_real_eval_out}/report.json")
+    if real_truth:
+        lines.append(f"  model, truth on real bases  {_overall(real_truth)}")
+        rcomp = real_truth.get("comparison") or {}
+        if rcomp.get("labels_vs_truth"):
+            lines.append(_ceiling("  ilsgen labels, real bases   ", rcomp))
     model_real = model_lines(out.json(f"{out.real_model_out}/real_eval.json"))
     if model_real:
         lines.append("figures (real radiographs, development split; the model, 'Segment the opacity.' / 'Segment the consolidation.'):")

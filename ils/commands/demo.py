@@ -4,7 +4,8 @@ sample (synthetic phantom studies; with `--real` present, half of them on its re
 -> gen (Ray Data) -> export (MIMIC-ILS) -> gen-eval (quality
 against the phantoms' ground truth) -> real-eval (anatomy and lesion masks on real radiographs with
 expert masks, `--real`, when present) -> train (Ray Train, tiny model) -> eval (against ilsgen's
-test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth) -> real-eval-model
+test pairs) -> truth-pairs + eval-truth (against pairs made from the phantoms' ground truth; with real bases,
+the procedural studies here and those on real radiographs in truth-pairs-real + eval-truth-real) -> real-eval-model
 (the trained model asked about the real radiographs, `ils real-eval --checkpoint --model-only`, when
 present) -> serve one real request. Each step is the same subcommand a user would type, with the same
 --config and overrides, so the demo is also a check that the README's commands work.
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,real-eval,train,eval,truth-pairs,eval-truth,real-eval-model,serve)")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip (sample,gen,export,gen-eval,real-eval,train,eval,truth-pairs,eval-truth,truth-pairs-real,eval-truth-real,real-eval-model,serve)")
     parser.add_argument("--real", default="../shared/realcxr",
                         help="real radiographs with expert masks (realcxr layout) for the real-eval stage; skipped when absent")
     parser.add_argument("--no-real-base", action="store_true",
@@ -96,13 +97,17 @@ def run(args, cfg) -> int:
     started = time.time()
     store = Store.from_config(cfg.store)
     run_uri, ckpt, eval_out = cfg.gen.out, cfg.train.out, cfg.eval.out
-    outputs = Outputs(store=store, run=run_uri, checkpoint=ckpt, eval_out=eval_out, truth_eval_out=f"{eval_out}-truth")
+    outputs = Outputs(store=store, run=run_uri, checkpoint=ckpt, eval_out=eval_out, truth_eval_out=f"{eval_out}-truth",
+                      truth_real_eval_out=f"{eval_out}-truth-real")
     log_dir = os.path.join(store.root, "logs", "demo") if not store.is_s3 else os.path.join(cfg.ray.local_state_dir, "logs", "demo")
     real = os.path.isfile(os.path.join(args.real, "index.csv"))
     # With real radiographs: half the studies are built on them (sample.real_base, docs/real_base.md);
     # they train on ilsgen's labels like every other study (docs/training.md says why not their truth).
     on_real = real and cfg.sample.real_base is None and not args.no_real_base
     sample_real = [f"sample.real_base={os.path.abspath(args.real)}"] if on_real else []
+    # Truth pairs per source: the procedural ones stay the yardstick of earlier rounds.
+    two_sources = on_real or cfg.sample.real_base is not None
+    procedural = ["--source", "procedural"] if two_sources else []
     steps = [
         ("sample", ["sample", "--out", "phantoms", *sample_real]),
         ("gen", ["gen", "--input", "phantoms/manifest.parquet", "--out", run_uri]),
@@ -111,12 +116,17 @@ def run(args, cfg) -> int:
         ("real-eval", ["real-eval", "--data", args.real, "--out", store.uri(outputs.real_eval_out)]),
         ("train", ["train", "--data", run_uri, "--out", ckpt]),
         ("eval", ["eval", "--checkpoint", ckpt, "--data", run_uri, "--out", eval_out]),
-        ("truth-pairs", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test", "--split", "test"]),
+        ("truth-pairs", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test", "--split", "test", *procedural]),
         ("eval-truth", ["eval", "--checkpoint", ckpt, "--data", "truth-test", "--out", outputs.truth_eval_out, "--split", "test",
                         "--label-ceiling", run_uri]),
+        ("truth-pairs-real", ["truth-pairs", "--phantoms", "phantoms", "--out", "truth-test-real", "--split", "test", "--source", "real_base"]),
+        ("eval-truth-real", ["eval", "--checkpoint", ckpt, "--data", "truth-test-real", "--out", outputs.truth_real_eval_out,
+                             "--split", "test", "--label-ceiling", run_uri]),
         ("real-eval-model", ["real-eval", "--data", args.real, "--out", store.uri(outputs.real_model_out), "--checkpoint", ckpt,
                              "--model-only"]),
     ]
+    if not two_sources:
+        skip.update({"truth-pairs-real", "eval-truth-real"})
     if not real:
         skip.update({"real-eval", "real-eval-model"})
         outputs.notes["real-eval"] = f"no real radiographs at {args.real!r} (--real DIR)"
