@@ -236,3 +236,25 @@ def test_demo_final_summary_shows_model_real_figures_and_label_ceiling(folder, t
     assert text.index("covid_radiologist [held out", i) < text.index("covid_radiologist [all", i)
     assert any("ilsgen labels (ceiling)" in ln for ln in stage_summary("eval-truth", out))
     assert stage_summary("real-eval-model", out)[0].startswith("covid_radiologist [held out")
+
+
+def test_demo_final_summary_shows_truth_on_real_bases_apart(tmp_path):
+    """With studies on real bases the demo scores their truth pairs apart from the procedural
+    yardstick; the summary shows both, each with its own label ceiling."""
+    from ils.demo_summary import Outputs, final_summary, stage_summary
+    from ils.label_ceiling import compare
+    from ils.store import Store
+
+    store = Store(str(tmp_path))
+    for rel, model, labels in (("eval-truth", 0.6, 0.72), ("eval-truth-real", 0.2, 0.3)):
+        report = {"overall": {"gated": {"gIoU": model, "cIoU": model, "N-Acc": 0.9}, "text_accuracy": 1.0, "n": 3},
+                  "n_samples": 3, "per_type": {}}
+        report["comparison"] = compare(report, {"overall": {"gIoU": labels, "cIoU": labels, "N-Acc": 0.99}, "per_lesion": {}})
+        store.write_text(f"{rel}/report.json", json.dumps(report))
+    out = Outputs(store=store, run="gen", checkpoint="ck", eval_out="eval", truth_eval_out="eval-truth",
+                  truth_real_eval_out="eval-truth-real")
+    text = final_summary(out, load_config(None, []), None, str(tmp_path / "logs"), 1.0)
+    assert "model, truth on real bases  gIoU 20.0 %" in text
+    assert "ilsgen labels, real bases   gIoU 30.0 %" in text and "ilsgen labels, truth pairs  gIoU 72.0 %" in text
+    assert stage_summary("eval-truth-real", out)[0] == "model on the ground-truth pairs of the studies on real radiographs:"
+    assert stage_summary("eval-truth", out)[0] == "model on the phantoms' ground-truth pairs:"
