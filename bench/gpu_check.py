@@ -169,6 +169,15 @@ def peak_tflops(gpu: str) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
 
 
+def add_flop_share(res: dict[str, Any], rate_key: str, flops_per_item: float, gpu: str) -> None:
+    """Add the FLOP-limited rate of `gpu` (bf16 peak / FLOPs per item) and the share of it that
+    `res[rate_key]` reached; nothing for a GPU without a known peak."""
+    peak = peak_tflops(gpu)
+    if peak:
+        res["flop_limit_per_s"] = peak * 1e12 / flops_per_item
+        res["share_of_peak"] = res[rate_key] / res["flop_limit_per_s"]
+
+
 def count_flops(fn) -> float:
     """FLOPs of `fn()` (built and run on the meta device: nothing is computed)."""
     import torch
@@ -251,10 +260,7 @@ def measure_radedit(device, dtype, gpu: str, deadline: float, tiny: bool, batch:
     res = {"batch": batch, "steps": steps, "px": px, "unet_passes_per_image": 3 * steps, "wall_s": wall,
            "counterfactuals_per_s": batch / wall, "tflop_per_image": per_image / 1e12,
            "unet_tflop_per_pass": unet_flops / 1e12, "unet_parameters": sum(p.numel() for p in unet.parameters())}
-    peak = peak_tflops(gpu)
-    if peak:
-        res["flop_limit_per_s"] = peak * 1e12 / per_image
-        res["share_of_peak"] = res["counterfactuals_per_s"] / res["flop_limit_per_s"]
+    add_flop_share(res, "counterfactuals_per_s", per_image, gpu)
     log.info("radedit: %s", res)
     return res
 
@@ -281,10 +287,7 @@ def measure_cxas(device, dtype, gpu: str, deadline: float, tiny: bool, batch: in
         wall = (time.perf_counter() - t) / reps
     flops = count_flops(lambda: CxasUNet().eval()._forward(torch.randn(1, 3, px, px)))
     res = {"batch": batch, "px": px, "batch_s": wall, "images_per_s": batch / wall, "gflop_per_image": flops / 1e9}
-    peak = peak_tflops(gpu)
-    if peak:
-        res["flop_limit_per_s"] = peak * 1e12 / flops
-        res["share_of_peak"] = res["images_per_s"] / res["flop_limit_per_s"]
+    add_flop_share(res, "images_per_s", flops, gpu)
     log.info("cxas: %s", res)
     return res
 
