@@ -93,6 +93,7 @@ def compare(report: dict[str, Any], ceiling: Optional[dict[str, Any]], dataset: 
         gap = labels["gIoU"] - model["gIoU"]
         out["gIoU_gap"] = round(gap, 4)
         out["limits"] = (f"the model (gIoU {gap:.2f} below its labels)" if gap > GAP
+                         else f"the labels (the model is {-gap:.2f} gIoU above them: it partly sees past their errors)" if gap < -GAP
                          else "the labels (the model is within 0.05 gIoU of a perfect imitation of them)")
     out["per_lesion"] = {k: {"model_vs_truth": pick(report.get("per_lesion", {}).get(k, {}).get("gated", {})),
                              "labels_vs_truth": pick(v)} for k, v in ceiling.get("per_lesion", {}).items()}

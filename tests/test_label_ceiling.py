@@ -74,7 +74,9 @@ def test_compare_says_which_limits(runs):
     low = compare(rep(0.1), c, "ds")
     assert low["labels_vs_truth"]["gIoU"] == pytest.approx(c["overall"]["gIoU"], abs=1e-4)
     assert low["limits"].startswith("the model") and low["per_lesion"]["opacity"]["model_vs_truth"]["gIoU"] == 0.1
-    assert compare(rep(c["overall"]["gIoU"] - 0.01), c)["limits"].startswith("the labels")
+    assert "within 0.05" in compare(rep(c["overall"]["gIoU"] - 0.01), c)["limits"]
+    above = compare(rep(c["overall"]["gIoU"] + 0.2), c)["limits"]  # the model beats its own labels
+    assert above.startswith("the labels") and "0.20 gIoU above them" in above
     lines = compare_lines(low)
     assert lines[1].split()[-3:] == ["10.0", "30.0", "90.0"] and lines[-1].startswith("limits: the model")
     assert compare(rep(0.1), None)["labels_vs_truth"] is None and compare_lines(compare(rep(0.1), None)) == []
