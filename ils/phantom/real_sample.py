@@ -21,7 +21,8 @@ from ils.phantom import real_base as RB
 from ils.phantom import transplant as T
 from ils.phantom.anatomy import label_map
 from ils.phantom.report import Plan, Report, choose_words, compose
-from ils.phantom.sample import MIN_AREA_FRAC, PhantomStudy, _instances, _mask_row, _rng, generate_study, plan_lesions, study_id_for
+from ils.phantom.sample import (MIN_AREA_FRAC, PhantomStudy, _instances, _rng, generate_study, plan_lesions, study_id_for,
+                                study_identity, truth_rows)
 from ils.vocab import ATOMIC_REGIONS, ZONE_KINDS, zone_name
 
 log = logging.getLogger(__name__)
@@ -259,35 +260,9 @@ def generate_real_study(seed: int, index: int, cfg: Config, *, base: int | None 
     all_plans = [p for p, _ in inst_by_plan]
     suppress = suppressed_negatives(b.masks, kept, cardio)
     report = drop_sentences(compose(all_plans, r_rng), suppress)
-    findings, first = [], {}
-    for i, m in enumerate(report.mentions):
-        findings.append({"study_id": study_id, "finding_idx": i, "lesion": m.lesion, "present": m.present,
-                         "certainty": m.certainty, "locations": m.locations, "sent_idx": m.sent_idx,
-                         "sentence": report.sentences[m.sent_idx], "entity": m.entity, "source": "truth"})
-        if m.present and m.lesion not in first:
-            first[m.lesion] = i
-    out_masks: dict[str, list[np.ndarray]] = {}
-    mask_rows = []
-    for p, insts in inst_by_plan:
-        names = [(p.lesion, p.certainty)] + ([("opacity", "definite")] if p.differential else [])
-        for lesion, cert in names:
-            for inst in insts:
-                idx = len(out_masks.setdefault(lesion, []))
-                out_masks[lesion].append(inst.mask)
-                mask_rows.append(_mask_row(study_id, lesion, idx, inst.mask, first.get(lesion), p, anat, cert))
-
-    subject = str(10_000_000 + int(m_rng.integers(10_000_000)))
-    dicom_id = "-".join(f"{int(v):08x}" for v in m_rng.integers(0, 2**32, size=5))
-    u = m_rng.random()
-    split = "test" if u < scfg.test_fraction else "val" if u < scfg.test_fraction + scfg.val_fraction else "train"
-    photometric = "MONOCHROME1" if m_rng.random() < scfg.monochrome1_fraction else "MONOCHROME2"
-    bits = int(m_rng.choice([12, 14, 16]))
-    meta = {"seed": int(seed), "index": int(index), "fake_patient": int(m_rng.integers(100000, 999999)),
-            "day_offset": int(m_rng.integers(0, 3650)), "tod_s": int(m_rng.integers(0, 86400)),
-            "gain": float(m_rng.uniform(0.75, 0.98)), "floor": float(m_rng.uniform(0.0, 0.06)),
-            "intercept": float(m_rng.choice([0.0, 0.0, -1024.0])), "sex": str(m_rng.choice(["F", "M"])),
-            "age": int(m_rng.integers(25, 90)),
-            "source": "real_base", "base_set": b.set, "base_name": b.name, "base_position": int(b.position),
-            "kept_lesions": sorted(kept), "base_cardiomegaly": cardio}
+    findings, out_masks, mask_rows = truth_rows(study_id, report, inst_by_plan, anat)
+    subject, dicom_id, split, photometric, bits, meta = study_identity(m_rng, scfg, seed, index)
+    meta.update({"source": "real_base", "base_set": b.set, "base_name": b.name, "base_position": int(b.position),
+                 "kept_lesions": sorted(kept), "base_cardiomegaly": cardio})
     return PhantomStudy(study_id, subject, dicom_id, split, int(seed), int(index), image, report.text, findings,
                         out_masks, mask_rows, anat, photometric, bits, meta)

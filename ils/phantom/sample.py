@@ -151,6 +151,49 @@ def _mask_row(study_id: str, lesion: str, idx: int, m: np.ndarray, finding_idx: 
     }
 
 
+def truth_rows(study_id: str, report: Any, inst_by_plan: list[tuple[Plan, list[L.Instance]]], anat: np.ndarray
+               ) -> tuple[list[dict], dict[str, list[np.ndarray]], list[dict]]:
+    """(FINDING rows of the report's mentions, lesion -> instance masks, MASK rows) of one study;
+    a differential pneumonia/atelectasis is also an opacity."""
+    findings: list[dict] = []
+    first: dict[str, int] = {}
+    for i, m in enumerate(report.mentions):
+        findings.append({
+            "study_id": study_id, "finding_idx": i, "lesion": m.lesion, "present": m.present,
+            "certainty": m.certainty, "locations": m.locations, "sent_idx": m.sent_idx,
+            "sentence": report.sentences[m.sent_idx], "entity": m.entity, "source": "truth",
+        })
+        if m.present and m.lesion not in first:
+            first[m.lesion] = i
+    masks: dict[str, list[np.ndarray]] = {}
+    mask_rows = []
+    for p, insts in inst_by_plan:
+        names = [(p.lesion, p.certainty)] + ([("opacity", "definite")] if p.differential else [])
+        for lesion, cert in names:
+            for inst in insts:
+                idx = len(masks.setdefault(lesion, []))
+                masks[lesion].append(inst.mask)
+                mask_rows.append(_mask_row(study_id, lesion, idx, inst.mask, first.get(lesion), p, anat, cert))
+    return findings, masks, mask_rows
+
+
+def study_identity(m_rng: np.random.Generator, scfg: SampleConfig, seed: int, index: int
+                   ) -> tuple[str, str, str, str, int, dict[str, Any]]:
+    """(subject id, dicom id, split, photometric, bits stored, fake DICOM meta): no real person."""
+    subject = str(10_000_000 + int(m_rng.integers(10_000_000)))
+    dicom_id = "-".join(f"{int(v):08x}" for v in m_rng.integers(0, 2**32, size=5))
+    u = m_rng.random()
+    split = "test" if u < scfg.test_fraction else "val" if u < scfg.test_fraction + scfg.val_fraction else "train"
+    photometric = "MONOCHROME1" if m_rng.random() < scfg.monochrome1_fraction else "MONOCHROME2"
+    bits = int(m_rng.choice([12, 14, 16]))
+    meta = {"seed": int(seed), "index": int(index), "fake_patient": int(m_rng.integers(100000, 999999)),
+            "day_offset": int(m_rng.integers(0, 3650)), "tod_s": int(m_rng.integers(0, 86400)),
+            "gain": float(m_rng.uniform(0.75, 0.98)), "floor": float(m_rng.uniform(0.0, 0.06)),
+            "intercept": float(m_rng.choice([0.0, 0.0, -1024.0])), "sex": str(m_rng.choice(["F", "M"])),
+            "age": int(m_rng.integers(25, 90))}
+    return subject, dicom_id, split, photometric, bits, meta
+
+
 def generate_study(seed: int, index: int, cfg: Config | SampleConfig | None = None, *, truth_size: int | None = None) -> PhantomStudy:
     """One phantom study. `cfg`: a Config (uses cfg.sample and cfg.image.size) or a SampleConfig."""
     if cfg is None:
@@ -172,7 +215,6 @@ def generate_study(seed: int, index: int, cfg: Config | SampleConfig | None = No
     # smooth anatomy at half the truth grid, upsampled; lesions at the truth grid
     half = tsize // 2 if tsize % 2 == 0 and tsize >= 64 else tsize
     img = upsample(render_anatomy(geo, fields(geo, half) if half != tsize else f, n_rng), tsize)
-    masks: dict[str, list[np.ndarray]] = {}
     inst_by_plan = []
     for p in plans:
         insts = _instances(p, f, geo, anat, g_rng)
@@ -183,35 +225,7 @@ def generate_study(seed: int, index: int, cfg: Config | SampleConfig | None = No
     image = finish(expose(img, n_rng), size, n_rng)
 
     report = compose(plans, r_rng)
-    findings = []
-    first: dict[str, int] = {}
-    for i, m in enumerate(report.mentions):
-        findings.append({
-            "study_id": study_id, "finding_idx": i, "lesion": m.lesion, "present": m.present,
-            "certainty": m.certainty, "locations": m.locations, "sent_idx": m.sent_idx,
-            "sentence": report.sentences[m.sent_idx], "entity": m.entity, "source": "truth",
-        })
-        if m.present and m.lesion not in first:
-            first[m.lesion] = i
-    mask_rows = []
-    for p, insts in zip(plans, inst_by_plan):
-        names = [(p.lesion, p.certainty)] + ([("opacity", "definite")] if p.differential else [])
-        for lesion, cert in names:
-            for inst in insts:
-                idx = len(masks.setdefault(lesion, []))
-                masks[lesion].append(inst.mask)
-                mask_rows.append(_mask_row(study_id, lesion, idx, inst.mask, first.get(lesion), p, anat, cert))
-
-    subject = str(10_000_000 + int(m_rng.integers(10_000_000)))
-    dicom_id = "-".join(f"{int(v):08x}" for v in m_rng.integers(0, 2**32, size=5))
-    u = m_rng.random()
-    split = "test" if u < scfg.test_fraction else "val" if u < scfg.test_fraction + scfg.val_fraction else "train"
-    photometric = "MONOCHROME1" if m_rng.random() < scfg.monochrome1_fraction else "MONOCHROME2"
-    bits = int(m_rng.choice([12, 14, 16]))
-    meta = {"seed": int(seed), "index": int(index), "fake_patient": int(m_rng.integers(100000, 999999)),
-            "day_offset": int(m_rng.integers(0, 3650)), "tod_s": int(m_rng.integers(0, 86400)),
-            "gain": float(m_rng.uniform(0.75, 0.98)), "floor": float(m_rng.uniform(0.0, 0.06)),
-            "intercept": float(m_rng.choice([0.0, 0.0, -1024.0])), "sex": str(m_rng.choice(["F", "M"])),
-            "age": int(m_rng.integers(25, 90))}
+    findings, masks, mask_rows = truth_rows(study_id, report, list(zip(plans, inst_by_plan)), anat)
+    subject, dicom_id, split, photometric, bits, meta = study_identity(m_rng, scfg, seed, index)
     return PhantomStudy(study_id, subject, dicom_id, split, int(seed), int(index), image, report.text, findings,
                         masks, mask_rows, anat, photometric, bits, meta)
