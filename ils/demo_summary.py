@@ -191,7 +191,8 @@ def final_summary(out: Outputs, cfg, config_path: Optional[str], log_dir: str, s
              f"  generated pairs (ilsgen)    {store.uri(out.run)}",
              f"  model                       {store.uri(out.checkpoint)}",
              f"  evaluation reports          {store.uri(out.eval_out)}/report.json, {store.uri(out.truth_eval_out)}/report.json",
-             "figures (synthetic phantoms):"]
+             "figures (synthetic phantoms; with real bases, the ground-truth rows are the procedural studies):"
+             if out.json(f"{out.truth_real_eval_out}/report.json") else "figures (synthetic phantoms):"]
     if quality:
         lines.append(f"  ilsgen vs phantom truth     location accuracy {_pct(quality.get('location_accuracy')).strip()} %, "
                      f"mask IoU {_pct(quality['mask_iou'].get('mean')).strip()} %")
