@@ -264,3 +264,18 @@ def test_truth_of_real_bases_replaces_their_pairs_in_training(fake_realcxr, tmp_
         a, b = ds[i], solo[name][j]
         assert np.array_equal(a["image"].numpy(), b["image"].numpy()) and np.array_equal(a["mask"].numpy(), b["mask"].numpy())
     assert main(["truth-pairs", "--phantoms", "ph", "--out", "none", "--split", "test", "--source", "real_base", store]) != 0
+
+
+def test_demo_scores_real_base_truth_only_when_test_studies_have_it(fake_realcxr, tmp_path):
+    """The demo's truth-pairs-real / eval-truth-real stages run only when some test-split study
+    was built on a real radiograph (a tiny sample may have none)."""
+    from ils.cli import main
+    from ils.commands.demo import _real_base_tests
+    from ils.store import Store
+
+    base = [*SMALL, f"sample.real_base={fake_realcxr}", "sample.real_fraction=0.5", "sample.val_fraction=0"]
+    for name, test_fraction, expected in (("none", 0.0, False), ("all", 1.0, True)):
+        root = tmp_path / name
+        assert main(["sample", "--n", "6", "--seed", "3", "--out", "phantoms", f"store.uri={root}", *base,
+                     f"sample.test_fraction={test_fraction}"]) == 0
+        assert _real_base_tests(Store(str(root))) is expected

@@ -80,6 +80,16 @@ def _serve_one_request(cfg, checkpoint_uri: str) -> dict:
             "mask_pixels": _rle_area(reply.get("mask_rle")), "model_id": reply.get("model_id")}
 
 
+def _real_base_tests(store) -> bool:
+    """Whether the demo's sample has test-split studies built on real radiographs."""
+    from ils.phantom.truth_pairs import study_sources
+    from ilsgen.manifest import read_manifest
+
+    sources = study_sources(store.child("phantoms"))
+    return any(sources.get(s["study_id"]) == "real_base" and s.get("split") == "test"
+               for s in read_manifest(store, "phantoms/manifest.parquet").to_pylist())
+
+
 def _rle_area(rle) -> int | None:
     if not isinstance(rle, dict) or "counts" not in rle:
         return None
@@ -106,7 +116,8 @@ def run(args, cfg) -> int:
     on_real = real and cfg.sample.real_base is None and not args.no_real_base
     sample_real = [f"sample.real_base={os.path.abspath(args.real)}"] if on_real else []
     # Truth pairs per source: the procedural ones stay the yardstick of earlier rounds.
-    two_sources = on_real or cfg.sample.real_base is not None
+    configured = cfg.sample.real_base is not None and os.path.isfile(os.path.join(cfg.sample.real_base, "index.csv"))
+    two_sources = on_real or configured
     procedural = ["--source", "procedural"] if two_sources else []
     steps = [
         ("sample", ["sample", "--out", "phantoms", *sample_real]),
@@ -137,6 +148,9 @@ def run(args, cfg) -> int:
                     + (" (+ real radiographs for real-eval)" if "real-eval" not in skip else "") + f"; details in {log_dir}/<stage>.log")
         for k, (name, argv) in enumerate(todo, 1):
             label = f"[{k}/{len(todo)}] {name}"
+            if name in ("truth-pairs-real", "eval-truth-real") and not _real_base_tests(store):
+                console.say(f"{label:<24} skipped: no test-split study was built on a real radiograph")
+                continue
             code = 1
             try:
                 with console.stage(label, f"{k:02d}-{name}") as log_path:
