@@ -78,12 +78,11 @@ def real_lines(record: Optional[dict]) -> list[str]:
 
 
 #: issue 14's targets on the development split (ilsgen.real_eval_model.TARGETS, kept import-free here)
-MODEL_TARGETS = {"opacity": 0.40, "consolidation": 0.35, "absence": 0.8}
-
-
 def model_lines(record: Optional[dict]) -> list[str]:
     """The model's real-image figures (`ils real-eval --checkpoint`): per set, held-out images
     first, then all images (optimistic), next to the whole-lung answer and issue 14's targets."""
+    from ilsgen.real_eval_model import TARGETS
+
     if not record or "model" not in record:
         return []
     lines = []
@@ -96,13 +95,13 @@ def model_lines(record: Optional[dict]) -> list[str]:
             for lesion in ("opacity", "consolidation"):
                 b = m.get(lesion) or {}
                 if b.get("gIoU") is not None:
-                    parts.append(f"{lesion} gIoU {b['gIoU']:.3f} (target {MODEL_TARGETS[lesion]:.2f}; whole lung "
+                    parts.append(f"{lesion} gIoU {b['gIoU']:.3f} (target {TARGETS[f'{lesion}_gIoU']:.2f}; whole lung "
                                  f"{b['whole_lung_gIoU']:.3f}; said present on {_pct(b['present_when_outlined']).strip()} % "
                                  f"of {b['n_outlined']} outlined)")
             c = m.get("consolidation") or {}
             if c.get("absent_when_not_outlined") is not None:
                 parts.append(f"absent when no consolidation outline {_pct(c['absent_when_not_outlined']).strip()} % "
-                             f"(target {100 * MODEL_TARGETS['absence']:.0f} %, n={c['n_not_outlined']})")
+                             f"(target {100 * TARGETS['consolidation_absence']:.0f} %, n={c['n_not_outlined']})")
             note = " [TB not outlined: not a specificity]" if entry.get("model_note") else ""
             lines.append(f"{name} [{label}, {m['n']} images]: " + "; ".join(parts) + note)
     return lines

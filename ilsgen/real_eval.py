@@ -210,12 +210,13 @@ class Scorer:
         return out, pics
 
 
-def _held_out_names(scorer: Scorer) -> tuple[set, set] | None:
+def _trained_names(scorer: Scorer) -> set | None:
+    """(set, name) of the real images the shipped anatomy network was trained on (None: no network)."""
     net = getattr(scorer.anatomy, "net", None) if getattr(scorer.anatomy, "method", "") == "net" else None
     if net is None:
         return None
     data = net.meta.get("data", {})
-    return {tuple(x) for x in data.get("real_trained", [])}, {tuple(x) for x in data.get("held_out", [])}
+    return {tuple(x) for x in data.get("real_trained", [])}
 
 
 def summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -228,7 +229,7 @@ def summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, An
 
 
 def evaluate(data_dir: str | Path, cfg: Any, sets: tuple[str, ...] | None = None, limit: int | None = None,
-             lesions: bool = True, figure_cases: int = 2, anatomy: bool = True, checkpoint: str | None = None,
+             lesions: bool = True, anatomy: bool = True, checkpoint: str | None = None,
              segmenter: Any = None) -> tuple[dict[str, Any], dict]:
     """(JSON record, picture material for the figure).
 
@@ -236,6 +237,10 @@ def evaluate(data_dir: str | Path, cfg: Any, sets: tuple[str, ...] | None = None
     `checkpoint` (or a ready `segmenter`) adds the model section (ilsgen.real_eval_model)."""
     t0 = time.perf_counter()
     cases = load_real(Path(data_dir), sets, limit)
+    if not cases:  # before any backend or model is built
+        from ils.errors import UserError
+
+        raise UserError(f"no image of {', '.join(sets) if sets else 'any set'} found in {data_dir}")
     if anatomy:
         record, pics = _evaluate_anatomy(cases, cfg, lesions)
     else:
@@ -275,7 +280,7 @@ def _evaluate_anatomy(cases: list[RealCase], cfg: Any, lesions: bool) -> tuple[d
     from ils.imageio import resize_square
 
     scorer = Scorer(cfg, lesions)
-    trained = _held_out_names(scorer)
+    trained = _trained_names(scorer)
     rows, pics, t_anat = [], {}, 0.0
     for case in cases:
         square = resize_square(case.image, cfg.image.size)
@@ -283,7 +288,7 @@ def _evaluate_anatomy(cases: list[RealCase], cfg: Any, lesions: bool) -> tuple[d
         row, apics, bits_s = scorer.score_anatomy(case, square)
         t_anat += time.perf_counter() - t
         row = {"set": case.set, "image": case.name, "position": case.position, **row}
-        row["trained_on"] = None if trained is None else (case.set, case.name) in trained[0]
+        row["trained_on"] = None if trained is None else (case.set, case.name) in trained
         if lesions and case.set == "covid_radiologist":
             les, lpics = scorer.score_lesions(case, square, bits_s)
             row["lesions"] = les

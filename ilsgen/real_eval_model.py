@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ilsgen.anatomy_net.data import RealCase, held_out
+from rosalia.metrics import inter_union
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,6 @@ def whole_lung(case: RealCase) -> np.ndarray:
     m = case.masks
     parts = [m[k] for k in ("lung", "lung_right", "lung_left") if k in m]
     return np.logical_or.reduce(parts) if parts else np.zeros(case.image.shape, bool)
-
-
-def _inter_union(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
-    return int(np.logical_and(pred, truth).sum()), int(np.logical_or(pred, truth).sum())
 
 
 def _questions(case: RealCase) -> list[tuple[str, str, str]]:
@@ -100,8 +97,8 @@ def score_cases(cases: Sequence[RealCase], segmenter: Any) -> tuple[list[dict[st
             rec: dict[str, Any] = {"instruction": text, "outlined": outlined, "present": bool(res.present),
                                    "confidence": round(float(res.confidence), 4), "answer": res.answer}
             if outlined:
-                i, u = _inter_union(pred, truth)
-                li, lu = _inter_union(lung, truth)
+                i, u = inter_union(pred, truth)
+                li, lu = inter_union(lung, truth)
                 rec.update(inter=i, union=u, iou=i / u if u else 1.0, whole_lung_inter=li, whole_lung_union=lu,
                            whole_lung_iou=li / lu if lu else 1.0)
             if form == "plain":

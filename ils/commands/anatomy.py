@@ -53,8 +53,8 @@ def _train(args) -> int:
     from ilsgen.anatomy_net.model import WEIGHTS
     from ilsgen.anatomy_net.train import TrainSettings, train
 
-    if not args.data or not Path(args.data).is_dir():
-        raise UserError(f"--data must be a realcxr-layout folder, got {args.data!r}")
+    if not args.data or not (Path(args.data) / "index.csv").is_file():
+        raise UserError(f"--data must be a realcxr-layout folder (index.csv, <set>/images, <set>/masks/<structure>), got {args.data!r}")
     cmd = "ils anatomy train " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1 :]) if "train" in sys.argv else ""
     st = TrainSettings(data=str(Path(args.data).resolve()), out=str(args.out or WEIGHTS), steps=args.steps, minutes=args.minutes,
                        phantoms=args.phantoms, input_size=args.input_size, include_held_out=args.all, fold=args.fold,

@@ -37,6 +37,11 @@ def run(args, cfg) -> int:
     out = args.out or cfg.eval.out
     model = load_model(ck, cfg.model, store=store if not ("://" in ck or ck.startswith("/") or ck.startswith(".")) else None)
     split = args.split or cfg.eval.split
+    if args.label_ceiling:  # a mistyped run fails here, not after the whole evaluation
+        gen = args.label_ceiling
+        gen_uri = gen if ("://" in gen or gen.startswith("/")) else store.uri(gen)
+        if not Store.from_config(cfg.store, gen_uri).exists("pairs"):
+            raise UserError(f"--label-ceiling {gen!r}: no ilsgen run there ({gen_uri} has no pairs/)")
     ds = PairDataset.from_run(run_store, None if split == "all" else split, model.spec["image_size"], model.mask_size, limit=args.limit)
     logging.getLogger(__name__).info("scoring %d pairs", len(ds))
     records: list[dict] = []
@@ -51,8 +56,6 @@ def run(args, cfg) -> int:
     if args.label_ceiling:
         from ils.label_ceiling import compare, label_ceiling
 
-        gen = args.label_ceiling
-        gen_uri = gen if ("://" in gen or gen.startswith("/")) else store.uri(gen)
         ceiling = label_ceiling(run_store, Store.from_config(cfg.store, gen_uri), split)
         report["label_ceiling"] = {"gen_run": gen_uri, **(ceiling or {"note": "no ilsgen masks (mask_index) in the run"})}
         report["comparison"] = compare(report, ceiling, dataset=run_store.root_uri)

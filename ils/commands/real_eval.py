@@ -61,8 +61,6 @@ def run(args, cfg) -> int:
     sets = tuple(s for s in args.sets.split(",") if s) if args.sets else None
     record, pics = evaluate(data, cfg, sets, args.limit, lesions=not args.no_lesions, anatomy=not args.model_only,
                             checkpoint=args.checkpoint)
-    if not record["per_image"]:
-        raise UserError(f"no image of {sets or 'any set'} found in {args.data}")
     out = Store.from_config(cfg.store, args.out if "://" in args.out else str(Path(args.out).resolve()))
     out.write_text("real_eval.json", json.dumps(record, indent=1))
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ilsgen.anatomy_net.data import Example, held_out, load_real, phantom_examples, real_examples
+from ilsgen.anatomy_net.data import Example, load_real, phantom_examples, real_examples
 from ilsgen.anatomy_net.model import CHANNELS, WEIGHTS, build, save
 
 log = logging.getLogger(__name__)
