@@ -196,6 +196,9 @@ def test_write_records_bases(fake_realcxr, tmp_path):
     src = store.read_parquet("truth/sources.parquet").to_pylist()
     assert len(src) == 8 and summary.real_base == sum(r["source"] == "real_base" for r in src) > 0
     assert all((r["base_name"] is None) == (r["source"] == "procedural") for r in src)
+    # a procedural re-run into the same folder leaves no stale sources behind
+    write_phantoms(store, 8, 2, load_config(None, [*SMALL, "sample.real_fraction=0.0"]), progress=False)
+    assert {r["source"] for r in store.read_parquet("truth/sources.parquet").to_pylist()} == {"procedural"}
 
 
 @needs_real

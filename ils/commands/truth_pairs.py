@@ -23,15 +23,15 @@ def add_arguments(parser) -> None:
 def run(args, cfg) -> int:
     import json
 
+    from ils.errors import UserError
     from ils.phantom.truth_pairs import write_truth_run
     from ils.store import Store
 
     store = Store.from_config(cfg.store)
     out = store.child(args.out)
-    n = write_truth_run(store.child(args.phantoms), out, None if args.split == "all" else args.split, cfg.gen.pairs.seed, args.source)
-    if n == 0:
-        from ils.errors import UserError
-
-        raise UserError(f"no {args.source or ''} studies of split {args.split!r} in {args.phantoms}: no pairs written".replace("  ", " "))
+    try:
+        n = write_truth_run(store.child(args.phantoms), out, None if args.split == "all" else args.split, cfg.gen.pairs.seed, args.source)
+    except ValueError as exc:  # no study of that split / source: nothing was written
+        raise UserError(str(exc)) from exc
     print(json.dumps({"out": out.root_uri, "pairs": n, "split": args.split, "source": args.source or "all"}))
     return 0

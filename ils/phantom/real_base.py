@@ -72,7 +72,9 @@ def _square(a: np.ndarray, fill) -> np.ndarray:
 def _from_case(case) -> RealBase:
     from ilsgen.anatomy_net.data import cardiac_part
 
-    img = np.clip(np.rint(case.image * 255.0), 0, 255).astype(np.uint8)
+    from ils.imageio import to_uint8
+
+    img = to_uint8(case.image)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     sq = _square(img, np.uint8(np.median(border)))
     masks = {k: _square(np.asarray(v, bool), False) for k, v in case.masks.items()

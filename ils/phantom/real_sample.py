@@ -23,7 +23,7 @@ from ils.phantom.anatomy import label_map
 from ils.phantom.report import Plan, Report, choose_words, compose
 from ils.phantom.sample import (MIN_AREA_FRAC, PhantomStudy, _instances, _rng, generate_study, plan_lesions, study_id_for,
                                 study_identity, truth_rows)
-from ils.vocab import ATOMIC_REGIONS, ZONE_KINDS, zone_name
+from ils.vocab import ZONE_KINDS, region_bit, zone_name
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _kept_plan(lesion: str, mask: np.ndarray, f, anat: np.ndarray, rng: np.rando
         sides.append(side)
         insts.append(Instance(side, part, None))
         for kind in ZONE_KINDS:
-            bit = np.uint16(1 << ATOMIC_REGIONS.index(zone_name(side, kind)))
+            bit = np.uint16(region_bit(zone_name(side, kind)))
             kinds[kind] = kinds.get(kind, 0) + int(np.count_nonzero(anat[part] & bit))
     if not sides:
         return None

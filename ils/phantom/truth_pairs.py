@@ -38,6 +38,8 @@ def write_truth_run(ph: Store, out: Store, split: str | None = "test", seed: int
     if source is not None:
         sources = study_sources(ph)
         studies = [s for s in studies if sources.get(s["study_id"], "procedural") == source]
+    if not studies:  # before anything is written
+        raise ValueError(f"no {source + ' ' if source else ''}studies of split {split or 'all'!r} in {ph.root_uri}")
     findings: dict[str, list[dict]] = {}
     for f in ph.read_parquet("truth/findings.parquet").to_pylist():
         findings.setdefault(f["study_id"], []).append(f)

@@ -97,8 +97,9 @@ def write_phantoms(store: Store, n: int, seed: int, cfg: Config | None = None, *
     masks = [m for r in results for m in r[2]]
     store.write_parquet("truth/findings.parquet", conform(findings, FINDING))
     store.write_parquet("truth/masks.parquet", conform(masks, MASK))
-    if any(r["source"] != "procedural" for r in sources):  # which real image each study was built on
-        store.write_parquet("truth/sources.parquet", pa.Table.from_pylist(sources, schema=SOURCES))
+    # which real image each study was built on; always written, so a re-run into an old folder
+    # never leaves another sample's sources behind
+    store.write_parquet("truth/sources.parquet", pa.Table.from_pylist(sources, schema=SOURCES))
     store.write_parquet("manifest.parquet", conform(studies, STUDY))  # last: its presence means done
     lesions: dict[str, int] = {}
     for sid in {f["study_id"] for f in findings if f["present"]}:
